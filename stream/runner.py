@@ -1,0 +1,206 @@
+"""The arrival loop: for every method, for every arriving task, train, store, reload, evaluate, record.
+
+Honesty rule (DESIGN.md): scores come only from models rebuilt from the shared backbone plus the artifact
+file after it was written and read back; the in-memory model a method trained is dropped unseen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from methods.backbone import Backbone, load_backbone
+from methods.base import Method, Sharing, build_method
+from methods.training import evaluate
+from stream.config import MethodSpec, RunConfig, config_differences
+from stream.errors import RunDirectoryError
+from stream.ledger import Ledger, cumulative_bytes, params_multiplier
+from stream.scenario import ArrivalBuilder, resolve_order
+from stream.sources import RoutedSource, resolve_source
+from stream.store import ArtifactKey, ArtifactStore
+from stream.tasks import TaskSpec, get_task
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+VERSIONS_FILE = "versions.json"
+LEDGER_FILE = "ledger.jsonl"
+ARTIFACTS_DIR = "artifacts"
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python, the platform and the packages that decide a run's numbers."""
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in ("taskstream", "torch", "transformers", "datasets", "safetensors", "peft", "avalanche-lib",
+                    "numpy", "scikit-learn"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def prepare_run_dir(run_dir: Path, config: RunConfig) -> None:
+    """Create a run directory, or check that an existing one was made by the same config."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / CONFIG_FILE
+    requested = config.to_dict()
+    if config_path.exists():
+        saved = json.loads(config_path.read_text())
+        differences = config_differences(saved, requested)
+        if differences:
+            raise RunDirectoryError(
+                f"Run directory {run_dir} was made by a different config; refusing to mix results. "
+                "Differences (saved -> requested):\n  " + "\n  ".join(differences)
+                + "\nUse a new --run-dir, or repeat the saved settings to resume.")
+        return
+    config_path.write_text(json.dumps(requested, indent=2, sort_keys=True) + "\n")
+    (run_dir / VERSIONS_FILE).write_text(json.dumps(package_versions(), indent=2, sort_keys=True) + "\n")
+
+
+def resolve_tasks(config: RunConfig) -> tuple[dict[str, TaskSpec], Any]:
+    """The task specs of a run (GLUE or custom) and the data source that serves them."""
+    custom = {c.name: c for c in config.custom_tasks if c.name in config.tasks}
+    glue = [name for name in config.tasks if name not in custom]
+    default = resolve_source(config.data_dir, hub_repo=config.hub_repo) if glue else None
+    source = RoutedSource(default, {name: c.source() for name, c in custom.items()})
+    specs = {name: custom[name].to_task_spec() if name in custom else get_task(name) for name in config.tasks}
+    return specs, source
+
+
+@dataclass
+class RunSummary:
+    """Where a finished run's files are."""
+
+    run_dir: Path
+    ledger_path: Path
+    order: tuple[str, ...]
+
+
+def _step_info(method: Method, spec: MethodSpec, config: RunConfig, backbone: Backbone, ledger: Ledger,
+               step: int, record, sidecar: dict) -> dict[str, Any]:
+    """The per-step fields repeated on every ledger row of (method, step)."""
+    label = spec.resolved_label
+    earlier = [ledger.step_rows(label, s)[0] for s in range(1, step)]
+    sizes = [r["artifact_bytes"] for r in earlier] + [record.total_bytes]
+    new_params = [r["new_params"] for r in earlier] + [sidecar["new_params"]]
+    shared = backbone.nbytes if method.sharing is Sharing.SHARED_BACKBONE else 0
+    lower_bits = sidecar.get("lower_bound_bits")
+    return {
+        "method": label, "method_name": spec.name, "sharing": method.sharing.value, "seed": config.seed,
+        "step": step, "task": record.key.task,
+        "artifact_bytes": record.total_bytes, "tensor_bytes": record.tensor_bytes,
+        "sidecar_bytes": record.sidecar_bytes, "artifact_sha256": record.sha256,
+        "artifact_path": str(record.tensor_path.relative_to(record.tensor_path.parents[2])),
+        "breakdown": sidecar["tensor_breakdown"],
+        "lower_bound_bytes": None if lower_bits is None else lower_bits / 8,
+        "new_params": sidecar["new_params"], "new_params_fraction": sidecar["new_params"] / backbone.num_parameters,
+        "backbone_params": backbone.num_parameters, "backbone_bytes": backbone.nbytes, "shared_bytes": shared,
+        "cumulative_bytes": cumulative_bytes(method.sharing, backbone.nbytes, sizes),
+        "total_params_multiplier": params_multiplier(method.sharing, backbone.num_parameters, new_params),
+        "dev_score": sidecar["fit"]["best_dev_score"], "train_steps": sidecar["fit"]["steps"],
+    }
+
+
+def _run_method(method: Method, spec: MethodSpec, config: RunConfig, order: tuple[str, ...], backbone: Backbone,
+                builder: ArrivalBuilder, store: ArtifactStore, ledger: Ledger, progress: bool) -> None:
+    label = spec.resolved_label
+    tasks = {name: builder.task(name) for name in order}
+    for step, task_name in enumerate(order, 1):
+        if ledger.completed(label, step):
+            continue
+        started = time.perf_counter()
+        seconds: dict[str, float] = {}
+        clock = time.perf_counter()
+        arrival = builder.arrival(step, task_name)
+        seconds["prepare"] = time.perf_counter() - clock
+        key = ArtifactKey(label, step, task_name)
+        if store.exists(key):
+            logger.info("%s step %d (%s): artifact already written; evaluating it", label, step, task_name)
+            seconds["train"] = seconds["store"] = 0.0
+        else:
+            previous = None
+            if method.sharing is Sharing.EVOLVING and step > 1:
+                previous = store.read(ArtifactKey(label, step - 1, order[step - 2]))
+            clock = time.perf_counter()
+            trained = method.train(arrival, previous=previous, progress=progress)
+            seconds["train"] = time.perf_counter() - clock
+            clock = time.perf_counter()
+            sidecar = {
+                "method_name": spec.name, "config": method.config.to_dict(), "seed": config.seed,
+                "backbone": backbone.identity_record(), "taskstream_version": package_versions()["taskstream"],
+                "meta": trained.payload.meta, "new_params": trained.payload.new_params,
+                "lower_bound_bits": trained.payload.lower_bound_bits, "fit": trained.fit.to_dict(),
+            }
+            store.write(key, trained.payload.tensors, sidecar)
+            del trained
+            seconds["store"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        artifact = store.read(key)
+        model = method.load(artifact, arrival.task)
+        seconds["load"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        batch = arrival.budget.eval_batch_size
+        results = {task_name: (*evaluate(model, arrival.tests, arrival.task, batch_size=batch), False)}
+        del model
+        for earlier_step, earlier in enumerate(order[:step - 1], 1):
+            if method.sharing is Sharing.EVOLVING or config.reevaluate:
+                source = artifact if method.sharing is Sharing.EVOLVING else store.read(
+                    ArtifactKey(label, earlier_step, earlier))
+                earlier_model = method.load(source, tasks[earlier])
+                results[earlier] = (*evaluate(earlier_model, builder.tests(earlier), tasks[earlier],
+                                              batch_size=batch), False)
+                del earlier_model
+            else:
+                # The earlier task's file is unchanged and the backbone is verified unchanged after every
+                # step, so its model, and its score, are the same (tests/test_method_matrix.py proves it).
+                row = next(r for r in ledger.step_rows(label, earlier_step) if r["eval_task"] == earlier)
+                results[earlier] = (row["metrics"], row["score"], True)
+        seconds["eval"] = time.perf_counter() - clock
+        backbone.verify_unchanged()
+        info = _step_info(method, spec, config, backbone, ledger, step, artifact.record, artifact.sidecar)
+        info["seconds"] = {**seconds, "wall": time.perf_counter() - started}
+        rows = []
+        for eval_step, eval_task in enumerate(order[:step], 1):
+            metrics, score, reused = results[eval_task]
+            rows.append({**info, "eval_task": eval_task, "eval_step": eval_step, "score": score,
+                         "metrics": metrics, "reused": reused, "rows_in_step": step})
+        ledger.append_step(rows)
+        logger.info("%s step %d/%d %s: score %.2f, %d bytes (cumulative %d), train %.1fs", label, step,
+                    len(order), task_name, results[task_name][1], info["artifact_bytes"],
+                    info["cumulative_bytes"], seconds["train"])
+
+
+def run_stream(config: RunConfig, run_dir: str | Path, *, progress: bool = True,
+               backbone: Backbone | None = None) -> RunSummary:
+    """Run (or resume) a stream into ``run_dir``.
+
+    Args:
+        config: what to run.
+        run_dir: the run directory; an existing one is resumed after its last completed (method, step)
+            if its saved config matches, and refused with the differing fields otherwise.
+        progress: show a progress bar with the loss while training.
+        backbone: an already loaded backbone (tests pass tiny models); by default ``config.backbone``.
+    """
+    run_dir = Path(run_dir)
+    tasks, source = resolve_tasks(config)
+    prepare_run_dir(run_dir, config)
+    builder = ArrivalBuilder(source, tasks=tasks, budgets={t: config.budget_for(t) for t in tasks},
+                             seed=config.seed)
+    builder.preload()  # every split is read (and checked) before hours go into training
+    if backbone is None:
+        backbone = load_backbone(config.backbone, pooling=config.pooling, device=config.device)
+    builder.use_tokenizer(backbone.tokenizer, backbone.identity)
+    order = resolve_order(config.tasks, config.order_seed)
+    store = ArtifactStore(run_dir / ARTIFACTS_DIR)
+    ledger = Ledger(run_dir / LEDGER_FILE)
+    for spec in config.methods:
+        method = build_method(spec.name, dict(spec.options), backbone)
+        _run_method(method, spec, config, order, backbone, builder, store, ledger, progress)
+    return RunSummary(run_dir=run_dir, ledger_path=ledger.path, order=order)

@@ -1,0 +1,177 @@
+"""Scenario: the order tasks arrive in, each task's budget, and the data each arrival brings.
+
+Protocol (DESIGN.md): a seeded dev split is carved out of ``train`` for model selection; GLUE
+``validation`` splits are the test sets. The same rows go to every method of a run (the split depends on
+the run seed and the task only), so methods are compared on identical data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from stream.errors import ConfigError, DataError
+from stream.tasks import TaskSpec
+from stream.tokenization import TokenCache, TokenizedSplit
+from stream.validation import check_int, check_real
+
+# Held fixed so every seed, method and run evaluates the same capped test rows.
+_EVAL_SUBSET_SEED = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Budget:
+    """How much a method may spend on one task.
+
+    ``max_steps`` (when set) replaces ``epochs``; model selection on the dev split happens every
+    ``eval_every_steps`` optimizer steps, or once per epoch when that is unset.
+    """
+
+    max_train_examples: int | None = 1000
+    epochs: int = 2
+    max_steps: int | None = None
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    max_seq_length: int = 128
+    max_eval_examples: int | None = 1000
+    dev_fraction: float = 0.1
+    max_dev_examples: int = 300
+    eval_every_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        check_int("budget", "max_train_examples", self.max_train_examples, minimum=1, allow_none=True)
+        check_int("budget", "epochs", self.epochs, minimum=1)
+        check_int("budget", "max_steps", self.max_steps, minimum=1, allow_none=True)
+        check_int("budget", "batch_size", self.batch_size, minimum=1)
+        check_int("budget", "eval_batch_size", self.eval_batch_size, minimum=1)
+        check_int("budget", "max_seq_length", self.max_seq_length, minimum=8, maximum=4096)
+        check_int("budget", "max_eval_examples", self.max_eval_examples, minimum=1, allow_none=True)
+        check_real("budget", "dev_fraction", self.dev_fraction, minimum=0.0, maximum=0.5,
+                   exclusive_minimum=True)
+        check_int("budget", "max_dev_examples", self.max_dev_examples, minimum=1)
+        check_int("budget", "eval_every_steps", self.eval_every_steps, minimum=1, allow_none=True)
+
+    def updated(self, overrides: Mapping[str, object]) -> Budget:
+        """A copy with ``overrides`` applied; unknown keys are refused with the valid ones listed."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"Unknown budget field(s) {', '.join(unknown)}. Valid: {', '.join(sorted(known))}.")
+        return dataclasses.replace(self, **overrides)
+
+
+def resolve_order(tasks: Sequence[str], order_seed: int | None) -> tuple[str, ...]:
+    """The arrival order: ``tasks`` as given, or a permutation drawn with ``order_seed``."""
+    if order_seed is None:
+        return tuple(tasks)
+    permutation = np.random.default_rng(order_seed).permutation(len(tasks))
+    return tuple(tasks[i] for i in permutation)
+
+
+def _task_seed(seed: int, task: str) -> int:
+    # zlib.crc32, unlike hash(), is stable across processes (PYTHONHASHSEED).
+    return (seed * 1_000_003 + zlib.crc32(task.encode())) % (2**32)
+
+
+def carve_dev(n_train: int, budget: Budget, seed: int, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``range(n_train)`` into (train rows, dev rows), seeded by the run seed and the task.
+
+    The dev split takes ``dev_fraction`` of train (at most ``max_dev_examples``, at least one row);
+    the training rows are then capped at ``max_train_examples``.
+    """
+    if n_train < 2:
+        raise DataError(f"Task {task!r}: the train split has {n_train} row(s); at least 2 are needed "
+                        "to carve a dev split for model selection.")
+    permutation = np.random.default_rng(_task_seed(seed, task)).permutation(n_train)
+    n_dev = int(min(budget.max_dev_examples, max(1, round(budget.dev_fraction * n_train))))
+    dev, train = permutation[:n_dev], permutation[n_dev:]
+    if budget.max_train_examples is not None:
+        train = train[:budget.max_train_examples]
+    return train, np.sort(dev)
+
+
+def eval_rows(n_rows: int, budget: Budget) -> np.ndarray:
+    """Test rows: all of them, or a fixed random subset of ``max_eval_examples`` (same for every seed)."""
+    if budget.max_eval_examples is None or n_rows <= budget.max_eval_examples:
+        return np.arange(n_rows)
+    rng = np.random.default_rng(_EVAL_SUBSET_SEED)
+    return np.sort(rng.permutation(n_rows)[:budget.max_eval_examples])
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """Everything one arriving task brings: its spec, budget and tokenised splits."""
+
+    step: int
+    task: TaskSpec
+    budget: Budget
+    seed: int
+    train: TokenizedSplit
+    dev: TokenizedSplit
+    tests: dict[str, TokenizedSplit]
+
+
+class ArrivalBuilder:
+    """Loads, splits and tokenises tasks for a run; each split is read from its source once."""
+
+    def __init__(self, source, *, tasks: Mapping[str, TaskSpec], budgets: Mapping[str, Budget], seed: int,
+                 cache: TokenCache | None = None) -> None:
+        self._source = source
+        self._tokenizer = None
+        self._tokenizer_key = ""
+        self._tasks = dict(tasks)
+        self._budgets = dict(budgets)
+        self._seed = seed
+        self.cache = cache or TokenCache()
+        self._raw: dict[tuple[str, str], object] = {}
+
+    def use_tokenizer(self, tokenizer, key: str) -> None:
+        """Tokenise with ``tokenizer``; ``key`` identifies it in the cache (the backbone's identity)."""
+        self._tokenizer, self._tokenizer_key = tokenizer, key
+
+    def preload(self) -> None:
+        """Read every split the run needs now, so missing or malformed data fails before any training."""
+        for task in self._tasks.values():
+            for split in (task.train_split, *task.test_splits):
+                self._split(task, split)
+
+    def task(self, name: str) -> TaskSpec:
+        """The spec of a task of this run."""
+        return self._tasks[name]
+
+    def _split(self, task: TaskSpec, split: str):
+        key = (task.name, split)
+        if key not in self._raw:
+            self._raw[key] = self._source.load_split(task, split)
+        return self._raw[key]
+
+    def _tokenize(self, task: TaskSpec, split: str, rows: np.ndarray, budget: Budget) -> TokenizedSplit:
+        assert self._tokenizer is not None, "call use_tokenizer() before building arrivals"
+        data = self._split(task, split)
+        return self.cache.get(self._tokenizer, self._tokenizer_key, texts=data.texts, labels=data.labels,
+                              rows=rows, max_length=budget.max_seq_length, task=task.name, split=split)
+
+    def tests(self, task_name: str) -> dict[str, TokenizedSplit]:
+        """The tokenised test split(s) of a task (GLUE validation; MNLI has two)."""
+        task, budget = self._tasks[task_name], self._budgets[task_name]
+        out = {}
+        for split in task.test_splits:
+            n_rows = len(self._split(task, split).labels)
+            out[split] = self._tokenize(task, split, eval_rows(n_rows, budget), budget)
+        return out
+
+    def arrival(self, step: int, task_name: str) -> Arrival:
+        """The arrival of ``task_name`` at ``step`` (1-based)."""
+        task, budget = self._tasks[task_name], self._budgets[task_name]
+        n_train = len(self._split(task, task.train_split).labels)
+        train_rows, dev_rows = carve_dev(n_train, budget, self._seed, task.name)
+        return Arrival(
+            step=step, task=task, budget=budget, seed=self._seed,
+            train=self._tokenize(task, task.train_split, train_rows, budget),
+            dev=self._tokenize(task, task.train_split, dev_rows, budget),
+            tests=self.tests(task_name),
+        )

@@ -1,0 +1,69 @@
+"""Small checks used by every config dataclass's ``__post_init__``.
+
+Each check raises :class:`~stream.errors.ConfigError` with a message in one shape:
+``"<owner>.<field> must be <rule>; got <value!r>."`` so users see the field, the rule and the value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import numbers
+from collections.abc import Iterable
+from typing import Any
+
+from stream.errors import ConfigError
+
+
+def _where(owner: str, field: str) -> str:
+    return f"{owner}.{field}" if owner else field
+
+
+def check_int(owner: str, field: str, value: Any, *, minimum: int | None = None,
+              maximum: int | None = None, allow_none: bool = False) -> None:
+    """Require an integer (not a bool) within ``[minimum, maximum]``."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{_where(owner, field)} must be an integer; got {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{_where(owner, field)} must be >= {minimum}; got {value!r}.")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{_where(owner, field)} must be <= {maximum}; got {value!r}.")
+
+
+def check_real(owner: str, field: str, value: Any, *, minimum: float | None = None,
+               maximum: float | None = None, exclusive_minimum: bool = False,
+               exclusive_maximum: bool = False, allow_none: bool = False) -> None:
+    """Require a finite real number within the given bounds."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
+        raise ConfigError(f"{_where(owner, field)} must be a number; got {value!r}.")
+    if minimum is not None and (value <= minimum if exclusive_minimum else value < minimum):
+        rule = ">" if exclusive_minimum else ">="
+        raise ConfigError(f"{_where(owner, field)} must be {rule} {minimum}; got {value!r}.")
+    if maximum is not None and (value >= maximum if exclusive_maximum else value > maximum):
+        rule = "<" if exclusive_maximum else "<="
+        raise ConfigError(f"{_where(owner, field)} must be {rule} {maximum}; got {value!r}.")
+
+
+def check_choice(owner: str, field: str, value: Any, choices: Iterable[Any]) -> None:
+    """Require ``value`` to be one of ``choices``; the message lists them and suggests a close match."""
+    choices = list(choices)
+    if value in choices:
+        return
+    suggestion = ""
+    if isinstance(value, str):
+        close = difflib.get_close_matches(value, [str(c) for c in choices], n=1)
+        if close:
+            suggestion = f" Did you mean {close[0]!r}?"
+    listed = ", ".join(repr(c) for c in choices)
+    raise ConfigError(f"{_where(owner, field)} must be one of {listed}; got {value!r}.{suggestion}")
+
+
+def unknown_name_error(kind: str, name: str, known: Iterable[str]) -> ConfigError:
+    """Build the error for an unknown registry name: ``Unknown method 'lora2'. Registered: ...``."""
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"Unknown {kind} {name!r}. Registered: {', '.join(known)}.{hint}")

@@ -1,0 +1,17 @@
+"""The method-wide test matrix: every registered method variant that shared properties are checked on.
+
+A new method adds its row(s) here; ``tests/test_method_matrix.py`` runs every shared check on every row,
+and a test fails if a registered method has no row at all.
+"""
+
+MATRIX = [
+    ("full", {}),
+    ("last_layer", {"k": 1}),
+    ("last_layer", {"k": 2}),
+    ("linear_probe", {}),
+]
+
+
+def row_id(row) -> str:
+    name, options = row
+    return "-".join([name] + [f"{k}={v}" for k, v in sorted(options.items())])

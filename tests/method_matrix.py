@@ -9,6 +9,12 @@ MATRIX = [
     ("last_layer", {"k": 1}),
     ("last_layer", {"k": 2}),
     ("linear_probe", {}),
+    ("sequential", {}),
+    ("sequential", {"tuned_blocks": 1}),
+    ("ewc", {}),
+    ("ewc", {"ewc_mode": "separate", "tuned_blocks": 1}),
+    ("lwf", {}),
+    ("replay", {"mem_size": 12}),
 ]
 
 

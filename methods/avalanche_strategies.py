@@ -56,17 +56,19 @@ if TYPE_CHECKING:
 class FitControl(SupervisedPlugin):
     """Taskstream's training protocol inside an Avalanche strategy.
 
-    Linear warm-up and decay of the learning rate per optimizer step, gradient clipping, a stop after the
-    budget's steps, and model selection on the dev split: the arriving task's dev score is measured before
-    training and every ``interval`` steps, and the trainable tensors with the best score are restored when
-    the experience ends. It must be the strategy's first plugin: its ``after_training_exp`` restores the
-    selected state before EWC computes importances from it or Replay samples its buffer.
+    Linear warm-up and decay of the learning rate per optimizer step, gradient clipping, and a stop after
+    the budget's steps. The arriving task's dev score is measured at the end (the fit record's score), and,
+    with ``select=True``, also before training and every ``interval`` steps, the trainable tensors with the
+    best score being restored when the experience ends. It must be the strategy's first plugin: its
+    ``after_training_exp`` restores the selected state before EWC computes importances from it or Replay
+    samples its buffer.
     """
 
     def __init__(self, *, view, arrival: Arrival, params: list[torch.nn.Parameter], total_steps: int,
-                 interval: int, warmup_ratio: float, max_grad_norm: float, progress: bool, desc: str) -> None:
+                 interval: int, select: bool, warmup_ratio: float, max_grad_norm: float, progress: bool,
+                 desc: str) -> None:
         super().__init__()
-        self.view, self.arrival, self.params = view, arrival, params
+        self.view, self.arrival, self.params, self.select = view, arrival, params, select
         self.total_steps, self.interval = total_steps, interval
         self.warmup_ratio, self.max_grad_norm = warmup_ratio, max_grad_norm
         self.progress, self.desc = progress, desc
@@ -87,16 +89,18 @@ class FitControl(SupervisedPlugin):
         score = self._dev_score()
         strategy.model.train()  # evaluate() left the view's modules in the view's own mode
         self.history.append((self.step, score))
-        if score > self.best:
+        if score > self.best or not self.select:
             self.best, self.best_step = score, self.step
-            self.best_state = [p.detach().clone() for p in self.params]
+            if self.select:
+                self.best_state = [p.detach().clone() for p in self.params]
 
     def before_training_exp(self, strategy, **kwargs) -> None:
         self._scheduler = torch.optim.lr_scheduler.LambdaLR(
             strategy.optimizer, linear_schedule(self.total_steps, self.warmup_ratio))
         self._bar = tqdm(total=self.total_steps, desc=self.desc, disable=not self.progress, leave=False,
                          dynamic_ncols=True)
-        self._select(strategy)
+        if self.select:
+            self._select(strategy)
 
     def before_backward(self, strategy, **kwargs) -> None:
         # Runs before EWC's and LwF's before_backward add their terms: this is the task loss alone.
@@ -113,7 +117,7 @@ class FitControl(SupervisedPlugin):
         self.step += 1
         self._bar.update(1)
         self._bar.set_postfix(loss=f"{np.mean(self.losses[-20:]):.4f}", dev=f"{self.best:.1f}")
-        if self.step % self.interval == 0 or self.step == self.total_steps:
+        if self.step == self.total_steps or (self.select and self.step % self.interval == 0):
             self._select(strategy)
         if self.step >= self.total_steps:
             strategy.stop_training()
@@ -405,7 +409,8 @@ def prepare_arrival(method: ContinualMethod, arrival: Arrival, previous: LoadedA
     total = budget.max_steps if budget.max_steps is not None else budget.epochs * steps_per_epoch
     control = FitControl(view=model.task_model(label), arrival=arrival,
                          params=[p for p in model.parameters() if p.requires_grad], total_steps=total,
-                         interval=budget.eval_every_steps or steps_per_epoch, warmup_ratio=config.warmup_ratio,
+                         interval=budget.eval_every_steps or steps_per_epoch, select=config.model_selection,
+                         warmup_ratio=config.warmup_ratio,
                          max_grad_norm=config.max_grad_norm, progress=progress,
                          desc=f"{method.name} {arrival.step}:{task.name}")
     collator = collator_for(backbone.tokenizer)

@@ -14,7 +14,8 @@ Registered methods, all ``Sharing.EVOLVING`` with one head per task:
 
 Training runs Avalanche's own strategy classes (:mod:`methods.avalanche_strategies`, imported on the first
 ``train`` call so that other runs never import Avalanche) on a one-experience stream per arrival, under
-taskstream's protocol (AdamW with warm-up and linear decay, clipping, budget, best-dev-score selection).
+taskstream's protocol (AdamW with warm-up and linear decay, clipping, the budget), keeping the state at the
+end of the budget as Avalanche does (``model_selection=True`` selects on the dev score instead).
 Everything that carries over to the next task comes only from ``previous``, the artifact written after the
 previous arrival and read back from disk; nothing is kept in memory and nothing is unpickled.
 
@@ -57,14 +58,22 @@ class ContinualConfig(MethodConfig):
     Attributes:
         tuned_blocks: None trains the whole shared encoder (embeddings included); k trains only its top k
             transformer blocks, and only those are stored.
+        model_selection: False (default, as in Avalanche) keeps the state reached at the end of the task's
+            budget. True restores the state with the arriving task's best dev score, as the other methods
+            do; for a shared model that can mean keeping the state from before the task (its step 0), which
+            learns nothing and so forgets nothing, hiding the very behaviour these baselines show.
     """
 
     learning_rate: float = 5e-5
     tuned_blocks: int | None = None
+    model_selection: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int(type(self).__name__, "tuned_blocks", self.tuned_blocks, minimum=1, allow_none=True)
+        if not isinstance(self.model_selection, bool):
+            raise ConfigError(f"{type(self).__name__}.model_selection must be true or false; "
+                              f"got {self.model_selection!r}.")
 
 
 @dataclass(frozen=True, kw_only=True)

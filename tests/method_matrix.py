@@ -10,7 +10,7 @@ MATRIX = [
     ("last_layer", {"k": 2}),
     ("linear_probe", {}),
     ("sequential", {}),
-    ("sequential", {"tuned_blocks": 1}),
+    ("sequential", {"tuned_blocks": 1, "model_selection": True}),
     ("ewc", {}),
     ("ewc", {"ewc_mode": "separate", "tuned_blocks": 1}),
     ("lwf", {}),

@@ -243,7 +243,11 @@ class EWCStrategy(_ArrivalStrategy, EWC):
 
 
 class LwFStrategy(_ArrivalStrategy, LwF):
-    """Avalanche's LwF on one arrival; the teacher is the previous artifact's model, so nothing extra is stored."""
+    """Avalanche's LwF on one arrival; the teacher is the previous artifact's model, so nothing extra is stored.
+
+    The teacher runs in eval mode (no dropout). Stock LwF deep-copies the model at the end of training,
+    still in training mode, so its teacher's targets carry dropout noise.
+    """
 
     @classmethod
     def options(cls, config) -> dict[str, Any]:

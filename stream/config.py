@@ -200,7 +200,9 @@ class RunConfig:
             raise ConfigError(f"Unknown config key(s) {', '.join(unknown)}. Valid: {', '.join(sorted(known))}.")
         changes: dict[str, Any] = {}
         for key, value in data.items():
-            if key in ("tasks", "avalanche_loggers"):
+            if key == "tasks":
+                value = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+            elif key == "avalanche_loggers":
                 value = tuple(v for v in value.split(",") if v) if isinstance(value, str) else tuple(value)
             elif key == "methods":
                 items = value.split(",") if isinstance(value, str) else value

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -23,7 +25,7 @@ from stream.runner import run_stream  # noqa: E402
 from stream.scenario import Budget  # noqa: E402
 from stream.store import ArtifactKey, ArtifactStore  # noqa: E402
 from stream.tasks import CustomTaskSpec  # noqa: E402
-from tests.conftest import synthetic_rows, write_jsonl_gz  # noqa: E402
+from tests.conftest import REPO, synthetic_rows, write_jsonl_gz  # noqa: E402
 from tests.test_method_matrix import _arrivals, _sidecar  # noqa: E402
 
 ANIMALS = {"cat", "dog", "runs", "sits"}
@@ -173,3 +175,10 @@ def test_a_foreign_previous_artifact_is_refused(tiny_backbone, glue_dir, tmp_pat
     arrival = _arrivals(tiny_backbone, glue_dir, ("sst2", "rte"))[1]
     with pytest.raises(ArtifactError, match="strategy='EWC'.*belongs to another method"):
         sequential.train(arrival, previous=artifacts[0])
+
+
+def test_registering_and_configuring_them_does_not_import_avalanche():
+    code = ("import sys; from methods.base import registered_methods, get_method_class; registered_methods(); "
+            "get_method_class('ewc').config_class.from_options({'ewc_lambda': 10.0}); "
+            "assert 'avalanche' not in sys.modules, 'avalanche imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, env={"PYTHONPATH": str(REPO)}, check=True)

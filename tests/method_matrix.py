@@ -9,6 +9,10 @@ MATRIX = [
     ("last_layer", {"k": 1}),
     ("last_layer", {"k": 2}),
     ("linear_probe", {}),
+    ("masking", {}),
+    ("masking", {"entropy_coded": True}),
+    ("masking", {"train_head": False}),
+    ("bitfit", {}),
 ]
 
 

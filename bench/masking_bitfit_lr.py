@@ -19,7 +19,7 @@ The default grid: the linear probe (head only, for reference), BitFit at 1e-4 / 
 1e-4 / 1e-3 / 1e-2 with the default first_block (1 on MiniLM), masking at 1e-3 with every block masked
 (first_block=0), and masking at 1e-3 entropy-coded (same masks as the plain run, smaller file).
 
-Run (about 20 minutes on one thread with the defaults; pass --configs to run fewer):
+Run (about 10 minutes on an idle core with the defaults, 20 on a busy shared one; --configs runs fewer):
     PYTHONPATH=. HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python bench/masking_bitfit_lr.py --json /tmp/masking_bitfit.json
 """
 
@@ -108,6 +108,8 @@ def run(args: argparse.Namespace, run_dir: Path) -> list[dict]:
             "new_params_pct": 100 * row["new_params_fraction"],
             "masked_out_pct": (100 * sidecar["meta"]["masked_out_fraction"]
                                if "masked_out_fraction" in sidecar["meta"] else None),
+            "flipped_pct": (100 * sidecar["meta"]["flipped_fraction"]
+                            if "flipped_fraction" in sidecar["meta"] else None),
         })
     return results
 
@@ -116,15 +118,16 @@ def print_table(results: list[dict], args: argparse.Namespace) -> None:
     print(f"\n### {args.task}: {args.n_train} train examples x {args.epochs} epochs, batch {args.batch_size}, "
           f"max length {args.max_seq_length}, {args.max_dev} dev rows, seed {args.seed}, {args.threads} thread(s)")
     print("| config | dev | test | best step / steps | s/step | artifact bytes | payload (head) | lower bound bytes "
-          "| new params % | masked out % |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| new params % | masked out % | flipped % |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         payload = sum(r["breakdown"].values())
         bound = "" if r["lower_bound_bytes"] is None else f"{r['lower_bound_bytes']:,.0f}"
         masked = "" if r["masked_out_pct"] is None else f"{r['masked_out_pct']:.2f}"
+        flipped = "" if r["flipped_pct"] is None else f"{r['flipped_pct']:.3f}"
         print(f"| {r['config']} | {r['dev']:.1f} | {r['test']:.1f} | {r['best_step']} / {r['steps']} "
               f"| {r['s_per_step']:.2f} | {r['artifact_bytes']:,} | {payload:,} ({r['breakdown'].get('head', 0):,}) "
-              f"| {bound} | {r['new_params_pct']:.3f} | {masked} |")
+              f"| {bound} | {r['new_params_pct']:.3f} | {masked} | {flipped} |")
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from methods.base import build_method
 from methods.codecs import unpack_masks
 from methods.masking import ScoreMask, binarize, init_scores
 from stream.config import RunConfig
-from stream.errors import ConfigError
+from stream.errors import ArtifactError, ConfigError
 from stream.runner import resolve_tasks
 from stream.scenario import ArrivalBuilder, Budget
 from stream.store import ArtifactKey, ArtifactStore
@@ -74,6 +74,7 @@ def test_method_starts_from_exactly_the_configured_fraction(tiny_backbone, glue_
                                               tmp_path / str(sparsity))
         masks = unpack_masks(loaded.tensors, loaded.meta["masks"])
         assert masks and all(int((~m).sum()) == round(sparsity * m.numel()) for m in masks.values())
+        assert loaded.meta["flipped_fraction"] == 0.0
 
 
 def test_straight_through_gradient_reaches_the_scores():
@@ -103,6 +104,7 @@ def test_training_changes_masks_and_leaves_the_backbone_bit_identical(tiny_backb
     masks = unpack_masks(loaded.tensors, loaded.meta["masks"])
     fractions = [float((~m).float().mean()) for m in masks.values()]
     assert any(abs(f - 0.05) > 0.01 for f in fractions), "training should flip some mask bits"
+    assert loaded.meta["flipped_fraction"] > 0.0
     pristine = dict(tiny_backbone.encoder.named_parameters())
     masked_params = {f"encoder.layer.{m[len('block.'):]}.weight": m for m in masks}
     assert masked_params.keys() <= pristine.keys()
@@ -130,7 +132,8 @@ def test_entropy_coding_is_smaller_at_five_percent_and_stores_the_same_masks(tin
         assert list(mask_tensors) == (["mask.positions"] if coded else ["mask.bits"])
         sizes[coded] = sum(t.numel() for t in mask_tensors.values())
         masks[coded] = unpack_masks(loaded.tensors, loaded.meta["masks"])
-        bound_bytes = (trained.payload.lower_bound_bits - 32 * 66) / 8  # tiny head: 32 x 2 + 2 parameters
+        head_bits = sum(32 * t.numel() for k, t in trained.payload.tensors.items() if k.startswith("head."))
+        bound_bytes = (trained.payload.lower_bound_bits - head_bits) / 8
     assert masks[False].keys() == masks[True].keys()
     assert all(torch.equal(masks[False][k], masks[True][k]) for k in masks[False])
     covered = sum(m.numel() for m in masks[True].values())
@@ -152,7 +155,7 @@ def test_frozen_random_head_is_masked_and_regenerated_from_the_seed(tiny_backbon
     assert torch.equal(trained.model.head.out.weight, rebuilt.head.out.weight)
     assert trained.payload.new_params == math.ceil(sum(m.numel() for m in masks.values()) / 32)
     trained_head_method = build_method("masking", {}, tiny_backbone)
-    with pytest.raises(Exception, match="frozen_random"):
+    with pytest.raises(ArtifactError, match="frozen_random"):
         trained_head_method.load(loaded, arrival.task)
 
 

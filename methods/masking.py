@@ -7,9 +7,10 @@ Adam (no weight decay: decay would pull every score below the threshold and mask
 
 What is covered
     The query, key, value, attention-output, intermediate and output weight matrices (``targets``) of
-    blocks ``first_block`` .. top. The paper masks BERT-base blocks 2-11 of 12 (and the pooler, which
-    taskstream's default mean pooling does not use), leaving the bottom sixth of the stack, whose low-level
-    features are the least task-specific, unmasked. ``first_block=None`` keeps that
+    blocks ``first_block`` .. top, and the pooler's dense weight when the backbone keeps a pooler
+    (``pooling="pooler"``; the default mean pooling drops it). The paper masks BERT-base blocks 2-11 of 12
+    and the pooler, leaving the bottom sixth of the stack, whose low-level features are the least
+    task-specific, unmasked. ``first_block=None`` keeps that
     proportion, ``num_blocks // 6``: 2 for a 12-block BERT (the paper's choice), 1 for the 6-block
     all-MiniLM-L6-v2. On MiniLM, masking every block (first_block=0) was no better within seed noise
     (SST-2 test 78.3 / 77.8 against 76.9 / 78.4 for seeds 0 / 1) and costs 20% more bytes, so the
@@ -77,6 +78,7 @@ TARGET_PATHS: dict[str, tuple[str, ...]] = {
     "output": ("output.dense", "ffn.lin2"),
 }
 MASK_KEY = "mask"
+POOLER_MASK = "pooler.dense"
 HEAD_MASK = "head.out"
 HEAD_TRAINED, HEAD_FROZEN = "trained", "frozen_random"
 
@@ -236,10 +238,13 @@ class MaskingMethod(Method):
         return paths
 
     def masked_modules(self, encoder: nn.Module, head: TaskHead) -> dict[str, nn.Linear]:
-        """Mask name -> the linear layer it covers, in a fixed order (``block.<i>.<path>``, then the head)."""
+        """Mask name -> the linear layer it covers, in a fixed order: ``block.<i>.<path>``, the pooler, the head."""
         blocks = transformer_blocks(encoder)
         modules = {f"block.{i}.{path}": blocks[i].get_submodule(path)
                    for i in self.blocks for path in self.paths.values()}
+        pooler = getattr(encoder, "pooler", None)
+        if isinstance(getattr(pooler, "dense", None), nn.Linear):
+            modules[POOLER_MASK] = pooler.dense
         if not self.config.train_head:
             modules[HEAD_MASK] = head.out
         return modules

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from methods.backbone import state_fingerprint
+from methods.backbone import load_backbone, state_fingerprint
 from methods.base import build_method
 from methods.codecs import unpack_masks
 from methods.masking import ScoreMask, binarize, init_scores
@@ -164,6 +164,17 @@ def test_first_block_and_targets_choose_the_covered_matrices(tiny_backbone, glue
     _, _, loaded = _train_and_store(tiny_backbone, arrival, {**FROZEN, "first_block": 1, "targets": "query+value"},
                                     tmp_path)
     assert loaded.meta["masks"]["names"] == ["block.1.attention.self.query", "block.1.attention.self.value"]
+
+
+def test_the_pooler_is_masked_when_the_backbone_keeps_it(tiny_model_dir, glue_dir, tmp_path):
+    backbone = load_backbone(str(tiny_model_dir), pooling="pooler", device="cpu")
+    arrival = _arrival(backbone, glue_dir)
+    method, trained, loaded = _train_and_store(backbone, arrival, FROZEN, tmp_path)
+    masks = unpack_masks(loaded.tensors, loaded.meta["masks"])
+    assert "pooler.dense" in masks
+    rebuilt = method.load(loaded, arrival.task)
+    expected = backbone.encoder.pooler.dense.weight * masks["pooler.dense"]
+    assert torch.equal(rebuilt.encoder.pooler.dense.weight, expected)
 
 
 @pytest.mark.parametrize("options, match", [

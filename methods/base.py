@@ -35,11 +35,13 @@ if TYPE_CHECKING:
 # Built-in methods: registry name -> module under methods/ whose import registers it. Modules are imported
 # on first use, so a run that does not use a heavy method (Avalanche, peft) does not import its library.
 BUILTIN_METHODS = {
-    "adapters": "adapters",
     "full": "full",
     "last_layer": "last_layer",
     "linear_probe": "last_layer",
+    "adapters": "adapters",
+    "bitfit": "bitfit",
     "lora": "lora",
+    "masking": "masking",
 }
 
 

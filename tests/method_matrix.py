@@ -13,6 +13,10 @@ MATRIX = [
     ("adapters", {"bottleneck": 64, "train_layer_norms": False}),
     ("lora", {}),
     ("lora", {"rank": 4, "target_modules": "query+key+value+attention.output.dense"}),
+    ("masking", {}),
+    ("masking", {"entropy_coded": True}),
+    ("masking", {"train_head": False}),
+    ("bitfit", {}),
 ]
 
 

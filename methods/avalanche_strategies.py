@@ -58,10 +58,10 @@ class FitControl(SupervisedPlugin):
 
     Linear warm-up and decay of the learning rate per optimizer step, gradient clipping, and a stop after
     the budget's steps. The arriving task's dev score is measured at the end (the fit record's score), and,
-    with ``select=True``, also before training and every ``interval`` steps, the trainable tensors with the
-    best score being restored when the experience ends. It must be the strategy's first plugin: its
-    ``after_training_exp`` restores the selected state before EWC computes importances from it or Replay
-    samples its buffer.
+    with ``select=True``, also every ``interval`` steps, the trained state with the best score being
+    restored when the experience ends (as :func:`methods.training.fit` selects: among trained states only).
+    It must be the strategy's first plugin: its ``after_training_exp`` restores the selected state before
+    EWC computes importances from it or Replay samples its buffer.
     """
 
     def __init__(self, *, view, arrival: Arrival, params: list[torch.nn.Parameter], total_steps: int,
@@ -75,7 +75,7 @@ class FitControl(SupervisedPlugin):
         self.step = 0
         self.losses: list[float] = []
         self.history: list[tuple[int, float]] = []
-        self.best, self.best_step, self.best_state = float("-inf"), 0, []
+        self.best, self.best_step, self.best_state = float("-inf"), 0, None
         self._scheduler = None
         self._bar = None
 
@@ -89,7 +89,7 @@ class FitControl(SupervisedPlugin):
         score = self._dev_score()
         strategy.model.train()  # evaluate() left the view's modules in the view's own mode
         self.history.append((self.step, score))
-        if score > self.best or not self.select:
+        if not self.select or self.best_state is None or score > self.best:
             self.best, self.best_step = score, self.step
             if self.select:
                 self.best_state = [p.detach().clone() for p in self.params]
@@ -99,8 +99,6 @@ class FitControl(SupervisedPlugin):
             strategy.optimizer, linear_schedule(self.total_steps, self.warmup_ratio))
         self._bar = tqdm(total=self.total_steps, desc=self.desc, disable=not self.progress, leave=False,
                          dynamic_ncols=True)
-        if self.select:
-            self._select(strategy)
 
     def before_backward(self, strategy, **kwargs) -> None:
         # Runs before EWC's and LwF's before_backward add their terms: this is the task loss alone.
@@ -116,7 +114,8 @@ class FitControl(SupervisedPlugin):
     def after_training_iteration(self, strategy, **kwargs) -> None:
         self.step += 1
         self._bar.update(1)
-        self._bar.set_postfix(loss=f"{np.mean(self.losses[-20:]):.4f}", dev=f"{self.best:.1f}")
+        self._bar.set_postfix(loss=f"{np.mean(self.losses[-20:]):.4f}",
+                              dev="-" if not self.history else f"{self.best:.1f}")
         if self.step == self.total_steps or (self.select and self.step % self.interval == 0):
             self._select(strategy)
         if self.step >= self.total_steps:
@@ -125,7 +124,7 @@ class FitControl(SupervisedPlugin):
     def after_training_exp(self, strategy, **kwargs) -> None:
         self._bar.close()
         with torch.no_grad():
-            for param, saved in zip(self.params, self.best_state):
+            for param, saved in zip(self.params, self.best_state or []):
                 param.copy_(saved)
 
     def result(self, seconds: float) -> FitResult:

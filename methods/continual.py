@@ -58,10 +58,10 @@ class ContinualConfig(MethodConfig):
     Attributes:
         tuned_blocks: None trains the whole shared encoder (embeddings included); k trains only its top k
             transformer blocks, and only those are stored.
-        model_selection: False (default, as in Avalanche) keeps the state reached at the end of the task's
-            budget. True restores the state with the arriving task's best dev score, as the other methods
-            do; for a shared model that can mean keeping the state from before the task (its step 0), which
-            learns nothing and so forgets nothing, hiding the very behaviour these baselines show.
+        model_selection: False (default, as in Avalanche's strategies) keeps the state reached at the end
+            of the task's budget. True restores the trained state with the arriving task's best dev score,
+            as the other methods do; for one shared model that is early stopping on the newest task, which
+            also limits how far the model drifts from earlier tasks, so it is not part of these baselines.
     """
 
     learning_rate: float = 5e-5

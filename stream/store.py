@@ -120,7 +120,9 @@ class ArtifactStore:
                                 "rewritten. Use a new run directory to train again.")
         tensor_path.parent.mkdir(parents=True, exist_ok=True)
         contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        header = {"method": key.method, "step": str(key.step), "task": key.task, "format": "taskstream"}
+        # One metadata entry only: safetensors writes its metadata map in random order, and identical runs
+        # must produce byte-identical files.
+        header = {"taskstream": json.dumps({"method": key.method, "step": key.step, "task": key.task})}
         data = safetensors_save(contiguous, metadata=header)
         _atomic_write(tensor_path, data)
         full = dict(sidecar)

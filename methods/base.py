@@ -42,6 +42,10 @@ BUILTIN_METHODS = {
     "bitfit": "bitfit",
     "lora": "lora",
     "masking": "masking",
+    "sequential": "continual",
+    "ewc": "continual",
+    "lwf": "continual",
+    "replay": "continual",
 }
 
 

@@ -108,7 +108,8 @@ def evaluate(model: nn.Module, splits: dict[str, TokenizedSplit], task: TaskSpec
     return metrics, task_score(task, metrics)
 
 
-def _linear_schedule(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+def linear_schedule(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    """The LambdaLR factor of linear warm-up over ``warmup_ratio`` of the steps, then linear decay to zero."""
     warmup = int(round(total_steps * warmup_ratio))
 
     def factor(step: int) -> float:
@@ -143,7 +144,7 @@ def fit(model: nn.Module, groups: list[dict], train: TokenizedSplit, dev: Tokeni
     total = max_steps if max_steps is not None else epochs * steps_per_epoch
     interval = eval_every_steps or steps_per_epoch
     optimizer = torch.optim.AdamW(groups)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(total, config.warmup_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total, config.warmup_ratio))
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
 

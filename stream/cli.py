@@ -44,6 +44,8 @@ def _add_run_parser(sub) -> None:
         p.add_argument("--" + flag.replace("_", "-"), type=kind, help=f"budget: {flag.replace('_', ' ')} per task")
     p.add_argument("--reevaluate", action="store_true", default=None,
                    help="re-evaluate earlier tasks from their files even when they cannot have changed")
+    p.add_argument("--avalanche-loggers", help="comma-separated Avalanche loggers (csv, tensorboard, text) recording "
+                                               "every method's steps under RUN_DIR/avalanche/<method>/")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-report", action="store_true", help="skip the figures and report at the end")
 
@@ -53,7 +55,8 @@ def config_from_args(args: argparse.Namespace):
     from stream.config import RunConfig, load_config_file
 
     data = load_config_file(args.config) if args.config else {}
-    for key in ("tasks", "methods", "backbone", "pooling", "hub_repo", "seed", "order_seed", "device", "reevaluate"):
+    for key in ("tasks", "methods", "backbone", "pooling", "hub_repo", "seed", "order_seed", "device", "reevaluate",
+                "avalanche_loggers"):
         value = getattr(args, key)
         if value is not None:
             data[key] = value

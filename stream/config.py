@@ -26,8 +26,10 @@ from stream.validation import check_choice, check_int
 DEFAULT_TASKS = ("cola", "sst2", "mrpc", "stsb", "rte")
 DEFAULT_METHODS = ("full", "last_layer")
 DEFAULT_HUB_REPO = "nyu-mll/glue"
+#: Avalanche loggers a run can write (see stream.avalanche_log).
+AVALANCHE_LOGGERS = ("csv", "tensorboard", "text")
 # Fields that may change between a run and its resumption without changing what the run computes.
-RESUMABLE_FIELDS = frozenset({"device"})
+RESUMABLE_FIELDS = frozenset({"device", "avalanche_loggers"})
 
 
 def _parse_scalar(text: str) -> Any:
@@ -128,6 +130,8 @@ class RunConfig:
         device: auto (CUDA when present), cpu, cuda, cuda:N.
         reevaluate: re-evaluate earlier tasks from their files at every step even for methods whose
             files cannot have changed (slower; the test suite proves the scores are identical).
+        avalanche_loggers: Avalanche loggers (``csv``, ``tensorboard``, ``text``) that record every method's
+            steps, evaluated by Avalanche from the artifact files, under ``<run dir>/avalanche/<method>/``.
     """
 
     tasks: tuple[str, ...] = DEFAULT_TASKS
@@ -143,6 +147,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     reevaluate: bool = False
+    avalanche_loggers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.tasks, str) or not self.tasks:
@@ -165,6 +170,11 @@ class RunConfig:
             if task not in self.tasks:
                 raise ConfigError(f"task_budgets names {task!r}, which is not in tasks {list(self.tasks)}.")
             self.budget.updated(dict(overrides))
+        if isinstance(self.avalanche_loggers, str) or len(set(self.avalanche_loggers)) != len(self.avalanche_loggers):
+            raise ConfigError(f"RunConfig.avalanche_loggers must be a list of distinct logger names; "
+                              f"got {self.avalanche_loggers!r}.")
+        for name in self.avalanche_loggers:
+            check_choice("RunConfig", "avalanche_loggers", name, AVALANCHE_LOGGERS)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"RunConfig.device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}.")
 
@@ -183,6 +193,7 @@ class RunConfig:
             "budget": dataclasses.asdict(self.budget),
             "task_budgets": {t: dict(o) for t, o in self.task_budgets},
             "seed": self.seed, "device": self.device, "reevaluate": self.reevaluate,
+            "avalanche_loggers": list(self.avalanche_loggers),
         }
 
     @classmethod
@@ -197,6 +208,8 @@ class RunConfig:
         for key, value in data.items():
             if key == "tasks":
                 value = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+            elif key == "avalanche_loggers":
+                value = tuple(v for v in value.split(",") if v) if isinstance(value, str) else tuple(value)
             elif key == "methods":
                 items = value.split(",") if isinstance(value, str) else value
                 value = tuple(MethodSpec.from_value(v) for v in items)

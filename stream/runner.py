@@ -10,6 +10,7 @@ import json
 import logging
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -119,12 +120,15 @@ def _check_recorded_artifact(store: ArtifactStore, ledger: Ledger, label: str, s
 
 
 def _run_method(method: Method, spec: MethodSpec, config: RunConfig, order: tuple[str, ...], backbone: Backbone,
-                builder: ArrivalBuilder, store: ArtifactStore, ledger: Ledger, progress: bool) -> None:
+                builder: ArrivalBuilder, store: ArtifactStore, ledger: Ledger, progress: bool,
+                on_step: Callable[[int], Any] | None = None) -> None:
     label = spec.resolved_label
     tasks = {name: builder.task(name) for name in order}
     for step, task_name in enumerate(order, 1):
         if ledger.completed(label, step):
             _check_recorded_artifact(store, ledger, label, step, task_name)
+            if on_step is not None:
+                on_step(step)
             continue
         started = time.perf_counter()
         seconds: dict[str, float] = {}
@@ -183,6 +187,8 @@ def _run_method(method: Method, spec: MethodSpec, config: RunConfig, order: tupl
             rows.append({**info, "eval_task": eval_task, "eval_step": eval_step, "score": score,
                          "metrics": metrics, "reused": reused, "rows_in_step": step})
         ledger.append_step(rows)
+        if on_step is not None:
+            on_step(step)
         logger.info("%s step %d/%d %s: score %.2f, %d bytes (cumulative %d), train %.1fs", label, step,
                     len(order), task_name, results[task_name][1], info["artifact_bytes"],
                     info["cumulative_bytes"], seconds["train"])
@@ -213,5 +219,14 @@ def run_stream(config: RunConfig, run_dir: str | Path, *, progress: bool = True,
     ledger = Ledger(run_dir / LEDGER_FILE)
     for spec in config.methods:
         method = build_method(spec.name, dict(spec.options), backbone)
-        _run_method(method, spec, config, order, backbone, builder, store, ledger, progress)
+        log = None
+        if config.avalanche_loggers:
+            from stream.avalanche_log import run_log
+
+            log = run_log(run_dir, spec.resolved_label, config.avalanche_loggers, method, builder, order, store,
+                          ledger, backbone, eval_batch_size=config.budget.eval_batch_size)
+        _run_method(method, spec, config, order, backbone, builder, store, ledger, progress,
+                    on_step=None if log is None else log.record)
+        if log is not None:
+            log.close()
     return RunSummary(run_dir=run_dir, ledger_path=ledger.path, order=order)

@@ -17,6 +17,12 @@ MATRIX = [
     ("masking", {"entropy_coded": True}),
     ("masking", {"train_head": False}),
     ("bitfit", {}),
+    ("sequential", {}),
+    ("sequential", {"tuned_blocks": 1, "model_selection": True}),
+    ("ewc", {}),
+    ("ewc", {"ewc_mode": "separate", "tuned_blocks": 1}),
+    ("lwf", {}),
+    ("replay", {"mem_size": 12}),
 ]
 
 

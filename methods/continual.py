@@ -1,0 +1,226 @@
+"""Continual-learning baselines that forget: Avalanche strategies keeping one shared model across tasks.
+
+Registered methods, all ``Sharing.EVOLVING`` with one head per task:
+
+- ``sequential``: sequential finetuning (Avalanche's ``Naive``): the shared encoder keeps training on each
+  new task; nothing protects earlier tasks.
+- ``ewc``: Elastic Weight Consolidation (Avalanche's ``EWC``): a quadratic penalty, weighted by each
+  weight's Fisher importance, holds weights near their values after earlier tasks. Default ``online`` mode
+  (one decayed importance and one anchor; ``separate`` keeps one pair per earlier task).
+- ``lwf``: Learning without Forgetting (Avalanche's ``LwF``): earlier heads' outputs on the new task's data
+  are distilled from the model as it was before the task (regression heads by mean squared error).
+- ``replay``: experience replay (Avalanche's ``Replay``): each minibatch is joined by one drawn from a buffer of
+  ``mem_size`` earlier examples, balanced over earlier tasks by reservoir sampling.
+
+Training runs Avalanche's own strategy classes (:mod:`methods.avalanche_strategies`, imported on the first
+``train`` call so that other runs never import Avalanche) on a one-experience stream per arrival, under
+taskstream's protocol (AdamW with warm-up and linear decay, clipping, the budget), keeping the state at the
+end of the budget as Avalanche does (``model_selection=True`` selects on the dev score instead).
+Everything that carries over to the next task comes only from ``previous``, the artifact written after the
+previous arrival and read back from disk; nothing is kept in memory and nothing is unpickled.
+
+The artifact after task t holds all the method must keep, and supersedes the earlier ones (S(t) = newest file):
+
+- ``encoder.<name>``: the shared encoder's trained tensors (all of them; with ``tuned_blocks=k`` only the top
+  k blocks, the frozen rest being the backbone);
+- ``heads.<label>.out.{weight,bias}``: every head so far (task label = arrival index);
+- EWC: ``ewc.<experience>.importance.<param>`` and ``ewc.<experience>.anchor.<param>`` for every trained
+  parameter (the Fisher importances and the saved values the penalty needs);
+- replay: ``replay.<experience>.{input_ids,token_type_ids,lengths,labels,weights}``, the buffered rows as
+  token ids plus their reservoir-sampling weights, so the buffer evolves exactly as Avalanche's would.
+
+``new_params`` counts the encoder, head and EWC tensors (parameter-shaped state); replayed rows are data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from methods.backbone import Backbone, transformer_blocks
+from methods.base import Method, MethodConfig, Sharing, TrainedTask, register_method
+from methods.task_model import TaskHead, TaskModel
+from stream.errors import ArtifactError, ConfigError
+from stream.validation import check_choice, check_int, check_real
+
+ENCODER_PREFIX = "encoder."
+HEADS_PREFIX = "heads."
+EWC_MODES = ("online", "separate")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContinualConfig(MethodConfig):
+    """Options of every continual-learning baseline.
+
+    Attributes:
+        tuned_blocks: None trains the whole shared encoder (embeddings included); k trains only its top k
+            transformer blocks, and only those are stored.
+        model_selection: False (default, as in Avalanche's strategies) keeps the state reached at the end
+            of the task's budget. True restores the trained state with the arriving task's best dev score,
+            as the other methods do; for one shared model that is early stopping on the newest task, which
+            also limits how far the model drifts from earlier tasks, so it is not part of these baselines.
+    """
+
+    learning_rate: float = 5e-5
+    tuned_blocks: int | None = None
+    model_selection: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int(type(self).__name__, "tuned_blocks", self.tuned_blocks, minimum=1, allow_none=True)
+        if not isinstance(self.model_selection, bool):
+            raise ConfigError(f"{type(self).__name__}.model_selection must be true or false; "
+                              f"got {self.model_selection!r}.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EWCConfig(ContinualConfig):
+    """EWC: ``ewc_lambda`` weighs the penalty; ``ewc_mode`` is ``online`` (importances summed with
+    ``decay_factor``, one anchor) or ``separate`` (one importance and anchor per earlier task).
+
+    Fisher importances of a transformer's weights are tiny (squared gradients averaged over minibatches), so
+    the useful ``ewc_lambda`` is far larger than for the small image models of Avalanche's examples.
+    """
+
+    ewc_lambda: float = 1e4
+    ewc_mode: str = "online"
+    decay_factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        owner = type(self).__name__
+        check_real(owner, "ewc_lambda", self.ewc_lambda, minimum=0.0)
+        check_choice(owner, "ewc_mode", self.ewc_mode, EWC_MODES)
+        check_real(owner, "decay_factor", self.decay_factor, minimum=0.0, maximum=1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LwFConfig(ContinualConfig):
+    """LwF: ``alpha`` weighs the distillation loss, computed at softmax ``temperature``."""
+
+    alpha: float = 1.0
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        owner = type(self).__name__
+        check_real(owner, "alpha", self.alpha, minimum=0.0)
+        check_real(owner, "temperature", self.temperature, minimum=0.0, exclusive_minimum=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplayConfig(ContinualConfig):
+    """Replay: a buffer of ``mem_size`` rows; each step adds ``batch_size_mem`` buffered rows (None: the
+    budget's batch size) to the minibatch."""
+
+    mem_size: int = 200
+    batch_size_mem: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        owner = type(self).__name__
+        check_int(owner, "mem_size", self.mem_size, minimum=1)
+        check_int(owner, "batch_size_mem", self.batch_size_mem, minimum=1, allow_none=True)
+
+
+def tuned_encoder_names(encoder: nn.Module, tuned_blocks: int | None) -> list[str]:
+    """Names of the encoder parameters that train: all of them, or those of the top ``tuned_blocks`` blocks."""
+    names = [name for name, _ in encoder.named_parameters()]
+    if tuned_blocks is None:
+        return names
+    blocks = transformer_blocks(encoder)
+    tuned = {id(p) for block in list(blocks)[len(blocks) - tuned_blocks:] for p in block.parameters()}
+    return [name for name, p in encoder.named_parameters() if id(p) in tuned]
+
+
+def heads_meta(artifact) -> list[dict]:
+    """The ``heads`` records of an artifact: task, label, num_outputs, regression, in label order."""
+    return sorted(artifact.meta["heads"], key=lambda h: h["label"])
+
+
+def load_encoder(backbone: Backbone, tensors: dict[str, torch.Tensor], tuned_blocks: int | None) -> nn.Module:
+    """A fresh copy of the backbone's encoder with the artifact's ``encoder.*`` tensors loaded."""
+    encoder = backbone.fresh_encoder()
+    own = {k[len(ENCODER_PREFIX):]: v for k, v in tensors.items() if k.startswith(ENCODER_PREFIX)}
+    expected = set(tuned_encoder_names(encoder, tuned_blocks))
+    if set(own) != expected:
+        missing, extra = sorted(expected - set(own)), sorted(set(own) - expected)
+        raise ArtifactError(f"The artifact's encoder tensors do not match tuned_blocks={tuned_blocks}: "
+                            f"{len(missing)} missing (e.g. {missing[:1]}), {len(extra)} unexpected (e.g. {extra[:1]}).")
+    encoder.load_state_dict(own, strict=False)
+    return encoder
+
+
+def load_task_head(tensors: dict[str, torch.Tensor], record: dict, hidden_size: int, dropout: float) -> TaskHead:
+    """The head of one ``heads`` record from the artifact's ``heads.<label>.*`` tensors."""
+    prefix = f"{HEADS_PREFIX}{record['label']}."
+    head = TaskHead(hidden_size, record["num_outputs"], dropout)
+    head.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+    return head
+
+
+class ContinualMethod(Method):
+    """Base of the Avalanche-strategy methods: one evolving encoder plus one head per task."""
+
+    sharing = Sharing.EVOLVING
+    config_class: ClassVar[type[MethodConfig]] = ContinualConfig
+    #: the Avalanche strategy class this method runs (documentation and the artifact's metadata).
+    strategy: ClassVar[str]
+
+    def __init__(self, config, backbone) -> None:
+        super().__init__(config, backbone)
+        if config.tuned_blocks is not None and config.tuned_blocks > backbone.num_blocks:
+            raise ConfigError(f"{type(config).__name__}.tuned_blocks must be <= {backbone.num_blocks} (the "
+                              f"backbone's blocks); got {config.tuned_blocks}.")
+
+    def train(self, arrival, *, previous=None, progress=False) -> TrainedTask:
+        from methods.avalanche_strategies import train_arrival
+
+        return train_arrival(self, arrival, previous, progress=progress)
+
+    def load(self, artifact, task) -> TaskModel:
+        record = next((h for h in heads_meta(artifact) if h["task"] == task.name), None)
+        if record is None:
+            raise ArtifactError(f"The {self.name} artifact {artifact.record.tensor_path.name} has no head for task "
+                                f"{task.name!r}; it has heads for {[h['task'] for h in heads_meta(artifact)]}.")
+        encoder = load_encoder(self.backbone, artifact.tensors, self.config.tuned_blocks)
+        head = load_task_head(artifact.tensors, record, self.backbone.hidden_size, self.config.head_dropout)
+        return TaskModel(encoder, head.to(self.device), self.backbone.pooling).eval()
+
+
+@register_method
+class SequentialMethod(ContinualMethod):
+    """Sequential finetuning of one shared encoder (Avalanche's Naive), one head per task."""
+
+    name = "sequential"
+    strategy = "Naive"
+
+
+@register_method
+class EWCMethod(ContinualMethod):
+    """Elastic Weight Consolidation (Avalanche's EWC) on one shared encoder, one head per task."""
+
+    name = "ewc"
+    config_class = EWCConfig
+    strategy = "EWC"
+
+
+@register_method
+class LwFMethod(ContinualMethod):
+    """Learning without Forgetting (Avalanche's LwF) on one shared encoder, one head per task."""
+
+    name = "lwf"
+    config_class = LwFConfig
+    strategy = "LwF"
+
+
+@register_method
+class ReplayMethod(ContinualMethod):
+    """Experience replay (Avalanche's Replay) on one shared encoder, one head per task."""
+
+    name = "replay"
+    config_class = ReplayConfig
+    strategy = "Replay"

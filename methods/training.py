@@ -51,8 +51,13 @@ class FitResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
+        """The record saved in the artifact sidecar.
+
+        Wall time is left out (the ledger's ``seconds`` has it): it differs on every run, and in the
+        sidecar it would make a re-run's artifact bytes differ from the original's.
+        """
         return {"steps": self.steps, "best_dev_score": self.best_dev_score, "best_step": self.best_step,
-                "dev_history": self.dev_history, "mean_loss": self.mean_loss, "seconds": self.seconds}
+                "dev_history": self.dev_history, "mean_loss": self.mean_loss}
 
 
 def decay_groups(named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> list[dict]:

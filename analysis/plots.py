@@ -23,6 +23,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 
 from analysis.tables import CONFIGURATION, DEFAULT_BUDGET, aggregate, human_bytes, pareto_mask
 
+FIGURE_DPI = 150
 _MARKERS = "osD^v<>pPX*h"
 _LINESTYLES = ["-", "--", ":", "-."]
 
@@ -331,5 +332,5 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     """Save a figure as PNG (150 dpi) and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
+    fig.savefig(path, dpi=FIGURE_DPI)
     return path

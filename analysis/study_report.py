@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from analysis.heatmaps import evolving_configurations, plot_accuracy_matrices, plot_placement
 from analysis.placement import PLACEMENT_KEY, load_placement, placement_summary
-from analysis.plots import plot_order_sensitivity, plot_pareto, plot_score_bands, plot_storage_bands, save_figure
+from analysis.plots import FIGURE_DPI, plot_order_sensitivity, plot_pareto, plot_score_bands, plot_storage_bands
 from analysis.report import FIGURES_DIR, _markdown
 from analysis.tables import (aggregate, curve_stats, curves, final_stats, final_table, human_bytes, is_study_dir,
                              load_ledger, order_table, read_study, run_entries, task_columns, transfer_table)
@@ -383,11 +383,13 @@ def write_study_report(paths: str | Path | Iterable[str | Path], out_dir: str | 
     title, sections, figures = build_report(paths)
     written: dict[str, Path] = {}
     pngs: dict[str, bytes] = {}
+    (out_dir / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
     for name, fig in figures.items():
-        written[name] = save_figure(fig, out_dir / FIGURES_DIR / f"{name}.png")
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110)
+        fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
         pngs[name] = buffer.getvalue()
+        written[name] = out_dir / FIGURES_DIR / f"{name}.png"
+        written[name].write_bytes(pngs[name])
     files = {name: path.relative_to(out_dir).as_posix() for name, path in written.items()}
     written["markdown"] = out_dir / REPORT_MD
     written["markdown"].write_text(render_markdown(title, sections, files), encoding="utf-8")

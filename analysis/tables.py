@@ -74,17 +74,17 @@ def run_entries(paths: str | Path | Iterable[str | Path]) -> list[tuple[Path, di
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    entries = []
+    entries: dict[Path, tuple[Path, dict | None]] = {}
     for path in map(Path, paths):
         if is_study_dir(path):
             study = read_study(path)
             for run in study["runs"]:
                 run_dir = path / run["run_dir"]
                 if (run_dir / LEDGER_FILE).exists():
-                    entries.append((run_dir, {**run, "study": study["name"]}))
+                    entries.setdefault(run_dir.resolve(), (run_dir, {**run, "study": study["name"]}))
         else:
-            entries.append((path, None))
-    return entries
+            entries.setdefault(path.resolve(), (path, None))  # a run named twice (alone and in its study) counts once
+    return list(entries.values())
 
 
 def _budget_labels(entries: list[tuple[Path, dict | None]], configs: list[dict]) -> list[str]:
@@ -179,25 +179,29 @@ def task_columns(final: pd.DataFrame) -> list[str]:
 
 def final_table(table: pd.DataFrame) -> pd.DataFrame:
     """One row per (run, method) at the last step: score per task, average, storage and parameters."""
-    out = []
-    for (run, method), rows in table.groupby(["run", "method"], sort=False):
-        last = rows[rows["step"] == rows["step"].max()]
-        first = last.iloc[0]
-        record = {"run": run, "method": method, "tasks": int(first["step"])}
-        record.update({c: first[c] for c in _present(table, _RUN_META)})
-        for row in last.sort_values("eval_step").itertuples():
-            record[row.eval_task] = row.score
-        record["average"] = float(last["score"].mean())
-        per_task = rows.drop_duplicates("step")
-        record["bytes_per_task"] = float(per_task["artifact_bytes"].mean())
-        record["total_bytes"] = int(first["cumulative_bytes"])
-        record["new_params_per_task_pct"] = 100.0 * float(per_task["new_params_fraction"].mean())
-        record["total_params_multiplier"] = float(first["total_params_multiplier"])
-        lower = per_task["lower_bound_bytes"].dropna() if "lower_bound_bytes" in per_task else []
-        record["bytes_vs_bound"] = (float(per_task["artifact_bytes"].sum() / lower.sum())
-                                    if len(lower) == len(per_task) and len(lower) else np.nan)
-        out.append(record)
-    return pd.DataFrame(out)
+    keys = ["run", "method"]
+    last = table[table["step"] == table.groupby(keys, sort=False)["step"].transform("max")]
+    first = last.drop_duplicates(keys).set_index(keys)
+    out = pd.DataFrame({"tasks": first["step"].astype(int)}, index=first.index)
+    out = out.join(first[_present(table, _RUN_META)])
+    tasks = list(dict.fromkeys(last["eval_task"]))  # the first run's arrival order, then any others
+    scores = last.pivot_table(index=keys, columns="eval_task", values="score", aggfunc="first")
+    out = out.join(scores.reindex(columns=tasks))
+    out["average"] = last.groupby(keys, sort=False)["score"].mean()
+    per_task = table.drop_duplicates([*keys, "step"]).groupby(keys, sort=False)
+    out["bytes_per_task"] = per_task["artifact_bytes"].mean().astype(float)
+    out["total_bytes"] = first["cumulative_bytes"].astype(int)
+    out["new_params_per_task_pct"] = 100.0 * per_task["new_params_fraction"].mean()
+    out["total_params_multiplier"] = first["total_params_multiplier"].astype(float)
+    if "lower_bound_bytes" in table:
+        steps = table.drop_duplicates([*keys, "step"]).assign(
+            lower=lambda f: pd.to_numeric(f["lower_bound_bytes"], errors="coerce"))
+        grouped = steps.groupby(keys, sort=False)
+        complete = grouped["lower"].count() == grouped.size()
+        out["bytes_vs_bound"] = (grouped["artifact_bytes"].sum() / grouped["lower"].sum()).where(complete)
+    else:
+        out["bytes_vs_bound"] = np.nan
+    return out.reset_index()
 
 
 def aggregate(frame: pd.DataFrame, values: Iterable[str], by: Iterable[str] = CONFIGURATION) -> pd.DataFrame:

@@ -120,8 +120,11 @@ class ArtifactStore:
                                 "rewritten. Use a new run directory to train again.")
         tensor_path.parent.mkdir(parents=True, exist_ok=True)
         contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        header = {"method": key.method, "step": str(key.step), "task": key.task, "format": "taskstream"}
-        data = safetensors_save(contiguous, metadata=header)
+        # One metadata key holding sorted JSON: safetensors keeps metadata in a Rust HashMap whose order
+        # changes from call to call, so several keys would make identical artifacts differ in bytes.
+        header = json.dumps({"format": "taskstream", "method": key.method, "step": key.step, "task": key.task},
+                            sort_keys=True)
+        data = safetensors_save(contiguous, metadata={"taskstream": header})
         _atomic_write(tensor_path, data)
         full = dict(sidecar)
         full.update({

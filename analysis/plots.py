@@ -235,6 +235,18 @@ def plot_storage_bands(curve_table: pd.DataFrame, *,
     return fig
 
 
+def _swept_settings(stats: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """A short label per configuration: the options that vary between the variants of its method
+    (``k=2`` rather than ``head_learning_rate=0.001,k=2``); the method label for a method run once."""
+    out = {}
+    for _, rows in stats.groupby(["method_name", "budget"], sort=False):
+        options = [dict(item.split("=", 1) for item in setting.split(",") if "=" in item) for setting in rows["setting"]]
+        varying = sorted(k for k in set().union(*options) if len({o.get(k) for o in options}) > 1)
+        for (method, budget), option in zip(zip(rows["method"], rows["budget"]), options):
+            out[(method, budget)] = ",".join(f"{k}={option.get(k)}" for k in varying) or method
+    return out
+
+
 def plot_pareto(final: pd.DataFrame, *, title: str = "Final average score vs total storage") -> Figure:
     """Each configuration's final average score (mean ± sd) against its total storage (log x).
 
@@ -247,6 +259,7 @@ def plot_pareto(final: pd.DataFrame, *, title: str = "Final average score vs tot
     styles = configuration_styles(final)
     fig = Figure(figsize=(7.5, 5), layout="constrained")
     ax = fig.add_subplot()
+    short = _swept_settings(stats)
     first_of_family = set()
     for (family, budget), rows in stats.groupby(["method_name", "budget"], sort=False):
         if len(rows) > 1:
@@ -265,7 +278,7 @@ def plot_pareto(final: pd.DataFrame, *, title: str = "Final average score vs tot
                    zorder=2)
         # The smallest variant of a swept method is labelled on its left, the others on their right.
         left = key in first_of_family
-        ax.annotate(row["setting"] or key[0], (row["total_bytes"], row["average"]), textcoords="offset points",
+        ax.annotate(short[key], (row["total_bytes"], row["average"]), textcoords="offset points",
                     xytext=(-8 if left else 8, 4), ha="right" if left else "left", fontsize=8,
                     color=style["color"])
     front = stats[pareto_mask(stats["total_bytes"], stats["average"])].sort_values("total_bytes")

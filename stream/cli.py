@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -135,6 +136,11 @@ def _cmd_sweep(args) -> int:
 
     def show(progress) -> None:
         print(progress.line(), file=sys.stderr, flush=True)
+
+    def stop(signum, frame) -> None:
+        raise KeyboardInterrupt  # SIGTERM (a batch scheduler, kill): stop the workers, keep what is written
+
+    signal.signal(signal.SIGTERM, stop)
 
     outcome = run_study(spec, study_dir, backend=args.backend, workers=args.workers, threads=args.threads,
                         address=args.address, spec_file=args.spec, on_progress=show)

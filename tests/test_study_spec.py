@@ -44,6 +44,15 @@ def test_method_sweep_orders_and_budgets_expand():
     assert {r.config.budget.epochs for r in study.runs} == {1, 3}
 
 
+def test_a_swept_method_may_carry_options_and_a_label_template():
+    study = spec(grid={"methods": [{"name": "last_layer", "head_learning_rate": 1e-3, "sweep": {"k": [1, 2]},
+                                    "label": "ll-k{k}"}]})
+    assert [r.method.resolved_label for r in study.runs] == ["ll-k1", "ll-k2"]
+    assert dict(study.runs[1].method.options) == {"head_learning_rate": 1e-3, "k": 2}
+    with pytest.raises(ConfigError, match="must name every swept option"):
+        spec(grid={"methods": [{"name": "last_layer", "sweep": {"k": [1, 2]}, "label": "ll"}]})
+
+
 def test_explicit_runs_add_points():
     study = spec(grid={"methods": ["full"]}, runs=[{"method": "last_layer:k=2", "seed": 3, "order": 2}])
     assert [r.run_id for r in study.runs] == ["full__seed0__given", "last_layer-k2__seed3__order2"]
@@ -59,6 +68,7 @@ def test_explicit_runs_add_points():
     ({}, "defines no runs"),
     ({"grid": {"methods": ["full", "full"]}}, "more than once"),
     ({"grid": {"methods": [{"name": "last_layer", "sweep": {"k": 2}}]}}, "non-empty lists"),
+    ({"budgets": {"tiny": 3}, "grid": {"methods": ["full"]}}, "[budgets.tiny] must be a table"),
 ])
 def test_bad_specs_name_the_problem(sections, message):
     with pytest.raises(ConfigError) as error:

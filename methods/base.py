@@ -38,6 +38,10 @@ BUILTIN_METHODS = {
     "full": "full",
     "last_layer": "last_layer",
     "linear_probe": "last_layer",
+    "adapters": "adapters",
+    "bitfit": "bitfit",
+    "lora": "lora",
+    "masking": "masking",
 }
 
 

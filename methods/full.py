@@ -17,9 +17,14 @@ ENCODER_PREFIX = "encoder."
 
 @dataclass(frozen=True, kw_only=True)
 class FullConfig(MethodConfig):
-    """Full finetuning; the learning rate is the usual BERT range (DESIGN.md: 2e-5..5e-5)."""
+    """Full finetuning at the usual BERT learning rate (DESIGN.md: 2e-5..5e-5).
+
+    The freshly initialised head gets its own, larger rate: at 2e-5 a random head barely leaves its
+    initialisation in a short budget (bench/results/pooling_probe.md).
+    """
 
     learning_rate: float = 5e-5
+    head_learning_rate: float | None = 1e-3
 
 
 @register_method

@@ -37,7 +37,7 @@ class FitResult:
     Attributes:
         steps: optimizer steps taken.
         best_dev_score: the dev score (task score, 0-100) of the restored state.
-        best_step: the step at which that state was reached (0: the state before training).
+        best_step: the step at which that state was reached.
         dev_history: (step, dev score) at every model-selection point.
         mean_loss: mean training loss over the last epoch-equivalent of steps.
         seconds: wall time of the call.
@@ -51,11 +51,8 @@ class FitResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        """The record saved in the artifact sidecar.
-
-        Wall time is left out (the ledger's ``seconds`` has it): it differs on every run, and in the
-        sidecar it would make a re-run's artifact bytes differ from the original's.
-        """
+        """The deterministic part, for the artifact sidecar (wall time goes to the ledger instead, so that
+        identical runs write byte-identical files)."""
         return {"steps": self.steps, "best_dev_score": self.best_dev_score, "best_step": self.best_step,
                 "dev_history": self.dev_history, "mean_loss": self.mean_loss}
 
@@ -153,8 +150,8 @@ def fit(model: nn.Module, groups: list[dict], train: TokenizedSplit, dev: Tokeni
     def snapshot() -> list[torch.Tensor]:
         return [p.detach().clone() for p in params]
 
-    _, best = evaluate(model, {"dev": dev}, task, batch_size=eval_batch_size, device=device)
-    best_state, best_step, history = snapshot(), 0, [(0, best)]
+    # Candidates are the states reached by training; the untrained state (a random head) is not one.
+    best, best_state, best_step, history = float("-inf"), None, 0, []
     losses: list[float] = []
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     step = 0
@@ -175,12 +172,12 @@ def fit(model: nn.Module, groups: list[dict], train: TokenizedSplit, dev: Tokeni
                 after_step(step)
             losses.append(float(loss.detach()))
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", dev=f"{best:.1f}")
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", dev="-" if best_state is None else f"{best:.1f}")
             if step % interval == 0 or step == total:
                 _, score = evaluate(model, {"dev": dev}, task, batch_size=eval_batch_size, device=device)
                 history.append((step, score))
                 model.train()
-                if score > best:
+                if best_state is None or score > best:  # the first state counts even if its score is nan
                     best, best_state, best_step = score, snapshot(), step
             if step >= total:
                 break

@@ -70,9 +70,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _cmd_run(args) -> int:
+    config = config_from_args(args)  # before the heavy imports, so a bad flag fails at once
     from stream.runner import run_stream
 
-    config = config_from_args(args)
     run_dir = args.run_dir or Path(DEFAULT_RUN_DIR)
     summary = run_stream(config, run_dir, progress=not args.no_progress)
     if not args.no_report:

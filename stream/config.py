@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -68,7 +69,12 @@ class MethodSpec:
     def resolved_label(self) -> str:
         if self.label:
             return self.label
-        return "-".join([self.name] + [f"{k}{v}" for k, v in self.options])
+        parts = [self.name]
+        for key, value in self.options:
+            text = "+".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+            # The label names a folder: keep it free of spaces, quotes and path separators.
+            parts.append(key + re.sub(r"[^A-Za-z0-9._+=-]", "_", text))
+        return "-".join(parts)
 
     @classmethod
     def parse(cls, text: str) -> MethodSpec:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from methods.base import Sharing
+from stream.errors import RunDirectoryError
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class Ledger:
                 # Only a run killed mid-write leaves a bad line, and only as the last one.
                 later = raw.split(b"\n")[number:]
                 if any(rest.strip() for rest in later):
-                    raise ValueError(f"{self.path}: line {number} is not valid JSON and is not the last line; "
+                    raise RunDirectoryError(f"{self.path}: line {number} is not valid JSON and is not the last line; "
                                      "the ledger was edited by hand. Restore it or start a new run directory.")
                 torn = True
         groups: dict[tuple[str, int], list[dict[str, Any]]] = {}

@@ -19,7 +19,7 @@ from methods.backbone import Backbone, load_backbone
 from methods.base import Method, Sharing, build_method
 from methods.training import evaluate
 from stream.config import MethodSpec, RunConfig, config_differences
-from stream.errors import RunDirectoryError
+from stream.errors import ArtifactError, RunDirectoryError
 from stream.ledger import Ledger, cumulative_bytes, params_multiplier
 from stream.scenario import ArrivalBuilder, resolve_order
 from stream.sources import RoutedSource, resolve_source
@@ -108,12 +108,23 @@ def _step_info(method: Method, spec: MethodSpec, config: RunConfig, backbone: Ba
     }
 
 
+def _check_recorded_artifact(store: ArtifactStore, ledger: Ledger, label: str, step: int, task: str) -> None:
+    """Refuse to extend a run whose recorded artifacts were changed, removed or replaced since."""
+    record = store.record(ArtifactKey(label, step, task))
+    recorded = ledger.step_rows(label, step)[0]["artifact_sha256"]
+    if record.sha256 != recorded:
+        raise ArtifactError(f"Artifact {record.tensor_path} is not the file the ledger recorded (sha256 "
+                            f"{recorded[:16]}... expected, {record.sha256[:16]}... found): it was replaced. "
+                            "Restore it, or start a new run directory.")
+
+
 def _run_method(method: Method, spec: MethodSpec, config: RunConfig, order: tuple[str, ...], backbone: Backbone,
                 builder: ArrivalBuilder, store: ArtifactStore, ledger: Ledger, progress: bool) -> None:
     label = spec.resolved_label
     tasks = {name: builder.task(name) for name in order}
     for step, task_name in enumerate(order, 1):
         if ledger.completed(label, step):
+            _check_recorded_artifact(store, ledger, label, step, task_name)
             continue
         started = time.perf_counter()
         seconds: dict[str, float] = {}

@@ -120,11 +120,10 @@ class ArtifactStore:
                                 "rewritten. Use a new run directory to train again.")
         tensor_path.parent.mkdir(parents=True, exist_ok=True)
         contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        # One metadata key holding sorted JSON: safetensors keeps metadata in a Rust HashMap whose order
-        # changes from call to call, so several keys would make identical artifacts differ in bytes.
-        header = json.dumps({"format": "taskstream", "method": key.method, "step": key.step, "task": key.task},
-                            sort_keys=True)
-        data = safetensors_save(contiguous, metadata={"taskstream": header})
+        # One metadata entry only: safetensors writes its metadata map in random order, and identical runs
+        # must produce byte-identical files.
+        header = {"taskstream": json.dumps({"method": key.method, "step": key.step, "task": key.task})}
+        data = safetensors_save(contiguous, metadata=header)
         _atomic_write(tensor_path, data)
         full = dict(sidecar)
         full.update({

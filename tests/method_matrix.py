@@ -9,6 +9,14 @@ MATRIX = [
     ("last_layer", {"k": 1}),
     ("last_layer", {"k": 2}),
     ("linear_probe", {}),
+    ("adapters", {"bottleneck": 8}),
+    ("adapters", {"bottleneck": 64, "train_layer_norms": False}),
+    ("lora", {}),
+    ("lora", {"rank": 4, "target_modules": "query+key+value+attention.output.dense"}),
+    ("masking", {}),
+    ("masking", {"entropy_coded": True}),
+    ("masking", {"train_head": False}),
+    ("bitfit", {}),
 ]
 
 

@@ -1,0 +1,88 @@
+"""Run config: method specs, config files (TOML and YAML), validation, and difference reports."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream.config import MethodSpec, RunConfig, config_differences, load_config_file
+from stream.errors import ConfigError
+
+
+def test_method_spec_parses_options_and_labels_variants():
+    spec = MethodSpec.parse("last_layer:k=2:learning_rate=3e-4")
+    assert spec.name == "last_layer" and dict(spec.options) == {"k": 2, "learning_rate": 3e-4}
+    assert spec.resolved_label == "last_layer-k2-learning_rate0.0003"
+    assert MethodSpec.from_value({"name": "last_layer", "k": 2, "label": "ll2"}).resolved_label == "ll2"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lora2", "Unknown method 'lora2'. Registered:"),
+    ("last_layer:kk=2", "Unknown option(s) 'kk' for LastLayerConfig. Valid:"),
+    ("last_layer:k=0", "LastLayerConfig.k must be >= 1; got 0."),
+    ("last_layer:k", "must look like key=value"),
+])
+def test_bad_method_specs_are_explained(text, message):
+    with pytest.raises(ConfigError) as info:
+        MethodSpec.parse(text)
+    assert message in str(info.value)
+
+
+def test_run_config_validation():
+    with pytest.raises(ConfigError, match="Unknown task 'rtee'.*Did you mean 'rte'"):
+        RunConfig(tasks=("rtee",))
+    with pytest.raises(ConfigError, match="must not repeat"):
+        RunConfig(tasks=("rte", "rte"))
+    with pytest.raises(ConfigError, match="duplicate labels"):
+        RunConfig(methods=(MethodSpec(name="full"), MethodSpec(name="full")))
+    with pytest.raises(ConfigError, match="task_budgets names 'cola'"):
+        RunConfig(tasks=("rte",), task_budgets=(("cola", (("epochs", 1),)),))
+
+
+def test_toml_and_yaml_files_say_what_flags_say(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('''
+tasks = ["rte", "mrpc"]
+seed = 3
+data_dir = "data"
+methods = ["full", {name = "last_layer", k = 2, label = "ll2"}]
+[budget]
+max_train_examples = 100
+[task_budgets.rte]
+epochs = 5
+''')
+    yaml = tmp_path / "run.yaml"
+    yaml.write_text('''
+tasks: [rte, mrpc]
+seed: 3
+data_dir: data
+methods: [full, {name: last_layer, k: 2, label: ll2}]
+budget: {max_train_examples: 100}
+task_budgets: {rte: {epochs: 5}}
+''')
+    from_toml = RunConfig.from_dict(load_config_file(toml))
+    from_yaml = RunConfig.from_dict(load_config_file(yaml))
+    assert from_toml == from_yaml
+    assert from_toml.data_dir == str((tmp_path / "data").resolve())
+    assert from_toml.budget_for("rte").epochs == 5 and from_toml.budget_for("mrpc").epochs == 2
+    assert [m.resolved_label for m in from_toml.methods] == ["full", "ll2"]
+
+
+def test_config_file_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("tasks = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config_file(bad)
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("epochs = 3\n")
+    with pytest.raises(ConfigError, match="Unknown config key.*epochs.*Valid:"):
+        RunConfig.from_dict(load_config_file(unknown))
+    ini = tmp_path / "run.ini"
+    ini.write_text("")
+    with pytest.raises(ConfigError, match="must end in .toml"):
+        load_config_file(ini)
+
+
+def test_config_differences_name_the_fields():
+    a = RunConfig(tasks=("rte",)).to_dict()
+    b = RunConfig(tasks=("rte",), seed=1, device="cpu").to_dict()
+    assert config_differences(a, b) == ["seed: 0 -> 1"]

@@ -1,0 +1,118 @@
+"""The arrival loop end to end on a tiny model: ledger contents, resume after SIGKILL, refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stream.config import MethodSpec, RunConfig
+from stream.errors import ArtifactError, RunDirectoryError
+from stream.runner import run_stream
+from stream.scenario import Budget
+
+REPO = Path(__file__).resolve().parents[1]
+BUDGET = Budget(max_train_examples=32, epochs=1, batch_size=16, max_eval_examples=24, max_dev_examples=16)
+
+
+def _config(tiny_model_dir, glue_dir, **changes) -> RunConfig:
+    base = dict(tasks=("sst2", "rte", "stsb"), methods=(MethodSpec(name="linear_probe"), MethodSpec(name="full")),
+                backbone=str(tiny_model_dir), data_dir=str(glue_dir), budget=BUDGET, device="cpu")
+    base.update(changes)
+    return RunConfig(**base)
+
+
+def _comparable(run_dir: Path) -> list[dict]:
+    """Ledger rows without wall times (the only thing allowed to differ between identical runs)."""
+    rows = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("seconds")
+    return sorted(rows, key=lambda r: (r["method"], r["step"], r["eval_step"]))
+
+
+def test_ledger_has_one_row_per_method_step_and_seen_task(tiny_model_dir, glue_dir, tmp_path):
+    run_stream(_config(tiny_model_dir, glue_dir), tmp_path, progress=False)
+    rows = _comparable(tmp_path)
+    assert len(rows) == 2 * (1 + 2 + 3)
+    probe = [r for r in rows if r["method"] == "linear_probe"]
+    assert [(r["step"], r["eval_task"]) for r in probe] == [
+        (1, "sst2"), (2, "sst2"), (2, "rte"), (3, "sst2"), (3, "rte"), (3, "stsb")]
+    assert all(r["reused"] == (r["eval_step"] < r["step"]) for r in rows)
+    full = [r for r in rows if r["method"] == "full" and r["eval_step"] == r["step"]]
+    assert full[-1]["total_params_multiplier"] == pytest.approx(3.0, rel=0.01)
+    assert json.loads((tmp_path / "versions.json").read_text())["torch"]
+    assert json.loads((tmp_path / "config.json").read_text())["tasks"] == ["sst2", "rte", "stsb"]
+
+
+_CHILD = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from stream.config import MethodSpec, RunConfig
+from stream.runner import run_stream
+from stream.scenario import Budget
+budget = Budget(**{budget!r})
+config = RunConfig(tasks=("sst2", "rte", "stsb"), methods=(MethodSpec(name="linear_probe"), MethodSpec(name="full")),
+                   backbone={model!r}, data_dir={data!r}, budget=budget, device="cpu")
+run_stream(config, Path({run!r}), progress=False)
+"""
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_ledger(tiny_model_dir, glue_dir, tmp_path):
+    budget = Budget(max_train_examples=48, epochs=3, batch_size=8, max_eval_examples=24, max_dev_examples=16)
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    script = _CHILD.format(repo=str(REPO), model=str(tiny_model_dir), data=str(glue_dir), run=str(killed),
+                           budget=dataclasses.asdict(budget))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
+    ledger = killed / "ledger.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and child.poll() is None:
+        if ledger.exists() and len(ledger.read_text().splitlines()) >= 3:  # linear_probe steps 1 and 2 done
+            break
+        time.sleep(0.05)
+    assert child.poll() is None, "the run ended before it could be killed: " + child.stderr.read().decode()[-2000:]
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    written = {p: p.stat().st_mtime_ns for p in (killed / "artifacts").rglob("*.safetensors")}
+    assert written, "the killed run had written artifacts"
+
+    config = _config(tiny_model_dir, glue_dir, budget=budget)
+    run_stream(config, killed, progress=False)
+    run_stream(config, clean, progress=False)
+    resumed_rows, clean_rows = _comparable(killed), _comparable(clean)
+    assert len(resumed_rows) == len(clean_rows)
+    for resumed, fresh in zip(resumed_rows, clean_rows):
+        differing = {k for k in fresh if resumed.get(k) != fresh[k]}
+        assert not differing, (resumed["method"], resumed["step"], {k: (resumed.get(k), fresh[k]) for k in differing})
+    for path, mtime in written.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was rewritten on resume"
+
+
+def test_a_run_directory_with_another_config_is_refused(tiny_model_dir, glue_dir, tmp_path):
+    run_stream(_config(tiny_model_dir, glue_dir, tasks=("sst2",)), tmp_path, progress=False)
+    with pytest.raises(RunDirectoryError) as info:
+        run_stream(_config(tiny_model_dir, glue_dir, tasks=("sst2",), seed=5), tmp_path, progress=False)
+    assert "seed: 0 -> 5" in str(info.value)
+    # Resuming with the same config is fine and changes nothing.
+    before = (tmp_path / "ledger.jsonl").read_bytes()
+    run_stream(_config(tiny_model_dir, glue_dir, tasks=("sst2",)), tmp_path, progress=False)
+    assert (tmp_path / "ledger.jsonl").read_bytes() == before
+
+
+def test_resume_refuses_a_tampered_artifact(tiny_model_dir, glue_dir, tmp_path):
+    config = _config(tiny_model_dir, glue_dir, tasks=("sst2",), methods=(MethodSpec(name="linear_probe"),))
+    run_stream(config, tmp_path, progress=False)
+    artifact = next((tmp_path / "artifacts").rglob("*.safetensors"))
+    data = bytearray(artifact.read_bytes())
+    data[-1] ^= 0xFF
+    artifact.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256"):
+        run_stream(config, tmp_path, progress=False)

@@ -287,8 +287,9 @@ def build_report(paths: Iterable[str | Path]) -> tuple[str, list[Section], dict[
                 figure=name))
     else:
         sections.append(Section("Where the task pieces land", [
-            f"No method here recorded `meta[\"{PLACEMENT_KEY}\"]` in its artifacts (diff pruning and masking "
-            "do), so there is no placement figure."]))
+            f"No method here recorded `meta[\"{PLACEMENT_KEY}\"]` in its artifacts (the contract in "
+            "`analysis/placement.py`, for methods that change a subset of the pretrained weights, such as diff "
+            "pruning and masking), so there is no placement figure."]))
     sections.append(Section("Runs", ["Every run (the per-seed, per-order points behind the ± columns)."],
                             table=runs_table(table, statuses)))
     failed = {run: s for run, s in statuses.items() if s.get("state") == "failed"}

@@ -2,19 +2,30 @@
 
 Uses the non-interactive Agg backend through ``matplotlib.figure.Figure`` directly, so plotting works on
 machines without a display and never touches global pyplot state.
+
+Single runs: :func:`plot_storage`, :func:`plot_average_score`, :func:`plot_score_vs_storage`. Across runs
+(seeds and task orders as replicates of each (method, budget) configuration): :func:`plot_score_bands`,
+:func:`plot_storage_bands`, :func:`plot_pareto`, :func:`plot_order_sensitivity`. Every configuration keeps
+one look in every figure: a colour per method, a shade and marker per variant of its own setting, a
+line style per budget (:func:`configuration_styles`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from analysis.tables import human_bytes
+from analysis.tables import CONFIGURATION, DEFAULT_BUDGET, aggregate, human_bytes, pareto_mask
 
+FIGURE_DPI = 150
 _MARKERS = "osD^v<>pPX*h"
+_LINESTYLES = ["-", "--", ":", "-."]
 
 
 def _style(methods: list[str]) -> dict[str, dict]:
@@ -22,8 +33,13 @@ def _style(methods: list[str]) -> dict[str, dict]:
 
 
 def _bytes_axis(ax, axis: str = "y") -> None:
-    formatter = FuncFormatter(lambda v, _: human_bytes(v) if v > 0 else "0")
-    (ax.yaxis if axis == "y" else ax.xaxis).set_major_formatter(formatter)
+    """Human byte labels; on a log axis at powers of two (64 MiB, 128 MiB: round in binary units), so
+    even a narrow range gets a few labelled ticks."""
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    if (ax.get_yscale() if axis == "y" else ax.get_xscale()) == "log":
+        target.set_major_locator(LogLocator(base=2, subs=(1.0, 1.5), numticks=10))
+        target.set_minor_formatter(NullFormatter())
+    target.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v) if v > 0 else "0"))
 
 
 def plot_storage(curve_table: pd.DataFrame, *, title: str = "Cumulative storage as tasks arrive") -> Figure:
@@ -91,9 +107,243 @@ def plot_score_vs_storage(final: pd.DataFrame, *, title: str = "Final score vs t
     return fig
 
 
+def _shade(color: str, amount: float) -> tuple[float, float, float]:
+    """Mix ``color`` with white (amount < 0) or black (amount > 0)."""
+    rgb = np.array(to_rgb(color))
+    target = np.zeros(3) if amount > 0 else np.ones(3)
+    return tuple(rgb + (target - rgb) * abs(amount))
+
+
+def _with_configuration(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with ``budget`` and ``method_name`` present (single runs may lack them)."""
+    frame = frame.copy()
+    if "budget" not in frame:
+        frame["budget"] = DEFAULT_BUDGET
+    if "method_name" not in frame:
+        frame["method_name"] = frame["method"]
+    if "setting" not in frame:
+        frame["setting"] = ""
+    return frame
+
+
+def configuration_styles(frame: pd.DataFrame) -> dict[tuple[str, str], dict]:
+    """Plot style per (method, budget): ``color``, ``marker``, ``linestyle``, ``label``, ``family``.
+
+    Colour by method name (``last_layer``), shade and marker by variant (``k=1`` lighter than ``k=2``),
+    line style by budget; the label adds the budget when there are several.
+    """
+    frame = _with_configuration(frame)
+    keys = frame[["method", "budget", "method_name"]].drop_duplicates()
+    families = list(dict.fromkeys(keys["method_name"]))
+    budgets = list(dict.fromkeys(keys["budget"]))
+    styles = {}
+    for family_index, family in enumerate(families):
+        variants = list(dict.fromkeys(keys.loc[keys["method_name"] == family, "method"]))
+        shades = np.linspace(-0.35, 0.3, len(variants)) if len(variants) > 1 else [0.0]
+        for variant_index, (variant, shade) in enumerate(zip(variants, shades)):
+            for budget in keys.loc[keys["method"] == variant, "budget"]:
+                label = variant if len(budgets) == 1 else f"{variant} [{budget}]"
+                styles[(variant, budget)] = {
+                    "color": _shade(f"C{family_index % 10}", float(shade)),
+                    "marker": _MARKERS[variant_index % len(_MARKERS)],
+                    "linestyle": _LINESTYLES[budgets.index(budget) % len(_LINESTYLES)],
+                    "label": label, "family": family, "family_color": f"C{family_index % 10}"}
+    return styles
+
+
+def _rows(frame: pd.DataFrame, key: tuple[str, str]) -> pd.DataFrame:
+    return frame[(frame["method"] == key[0]) & (frame["budget"] == key[1])]
+
+
+def _dodge(count: int, width: float = 0.18) -> np.ndarray:
+    """Horizontal offsets that spread ``count`` series' points around an integer x."""
+    return np.linspace(-width, width, count) if count > 1 else np.zeros(1)
+
+
+def plot_score_bands(curve_table: pd.DataFrame, *,
+                     title: str = "Average score over the tasks seen (mean ± sd over seeds and orders)") -> Figure:
+    """Average score vs tasks seen: the mean over each configuration's runs, a ±1 sd band, and every run
+    as a faint point (runs of one configuration are seeds and task orders)."""
+    curve_table = _with_configuration(curve_table)
+    stats = aggregate(curve_table, ["average_score"], by=[*CONFIGURATION, "tasks_seen"])
+    styles = configuration_styles(curve_table)
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    for offset, (key, style) in zip(_dodge(len(styles)), styles.items()):
+        rows = _rows(stats, key).sort_values("tasks_seen")
+        mean, sd = rows["average_score"].to_numpy(), rows["average_score_std"].fillna(0).to_numpy()
+        ax.fill_between(rows["tasks_seen"], mean - sd, mean + sd, color=style["color"], alpha=0.15, linewidth=0)
+        ax.plot(rows["tasks_seen"], mean, color=style["color"], marker=style["marker"],
+                linestyle=style["linestyle"], label=f"{style['label']} (n={int(rows['n'].max())})")
+        points = _rows(curve_table, key)
+        ax.scatter(points["tasks_seen"] + offset, points["average_score"], s=12, color=style["color"],
+                   marker=style["marker"], alpha=0.45, linewidths=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("tasks seen")
+    ax.set_ylabel("average score over the tasks seen")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _backbone_axis(ax, backbone: float, axis: str) -> None:
+    """A second axis in multiples of the backbone's size (the papers' "x backbone" / total params)."""
+    functions = (lambda b: np.asarray(b, dtype=float) / backbone, lambda m: np.asarray(m, dtype=float) * backbone)
+    if axis == "y":
+        second = ax.secondary_yaxis("right", functions=functions)
+        second.set_ylabel("× backbone size")
+        target = second.yaxis
+    else:
+        second = ax.secondary_xaxis("top", functions=functions)
+        second.set_xlabel("× backbone size", fontsize=9)
+        target = second.xaxis
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    target.set_minor_formatter(NullFormatter())
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+
+
+def plot_storage_bands(curve_table: pd.DataFrame, *,
+                       title: str = "Cumulative storage as tasks arrive (mean over seeds and orders)") -> Figure:
+    """Cumulative bytes vs tasks seen (log scale) per configuration, the backbone's size as a reference
+    line, and the multiple of the backbone on the right axis."""
+    curve_table = _with_configuration(curve_table)
+    stats = aggregate(curve_table, ["cumulative_bytes"], by=[*CONFIGURATION, "tasks_seen"])
+    styles = configuration_styles(curve_table)
+    backbone = float(curve_table["backbone_bytes"].iloc[0])
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    for key, style in styles.items():
+        rows = _rows(stats, key).sort_values("tasks_seen")
+        mean, sd = rows["cumulative_bytes"].to_numpy(), rows["cumulative_bytes_std"].fillna(0).to_numpy()
+        ax.fill_between(rows["tasks_seen"], mean - sd, mean + sd, color=style["color"], alpha=0.15, linewidth=0)
+        ax.plot(rows["tasks_seen"], mean, color=style["color"], marker=style["marker"],
+                linestyle=style["linestyle"], label=style["label"])
+        ax.annotate(f"{mean[-1] / backbone:.2f}×", (rows["tasks_seen"].iloc[-1], mean[-1]),
+                    textcoords="offset points", xytext=(6, -3), fontsize=8, color=style["color"])
+    ax.axhline(backbone, color="grey", linestyle="--", linewidth=1, label=f"backbone ({human_bytes(backbone)})")
+    ax.set_yscale("log")
+    _bytes_axis(ax)
+    _backbone_axis(ax, backbone, "y")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(right=ax.get_xlim()[1] + 0.25)
+    ax.set_xlabel("tasks seen")
+    ax.set_ylabel("cumulative storage (bytes on disk)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+def _swept_settings(stats: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """A short label per configuration: the options that vary between the variants of its method
+    (``k=2`` rather than ``head_learning_rate=0.001,k=2``); the method label for a method run once."""
+    out = {}
+    for _, rows in stats.groupby(["method_name", "budget"], sort=False):
+        options = [dict(item.split("=", 1) for item in setting.split(",") if "=" in item) for setting in rows["setting"]]
+        varying = sorted(k for k in set().union(*options) if len({o.get(k) for o in options}) > 1)
+        for (method, budget), option in zip(zip(rows["method"], rows["budget"]), options):
+            out[(method, budget)] = ",".join(f"{k}={option.get(k)}" for k in varying) or method
+    return out
+
+
+def plot_pareto(final: pd.DataFrame, *, title: str = "Final average score vs total storage") -> Figure:
+    """Each configuration's final average score (mean ± sd) against its total storage (log x).
+
+    Variants of one method (its own setting swept: ``k``, density, adapter size) are joined by a line in
+    order of storage; the Pareto front (no other configuration is both smaller and better) is the dotted
+    staircase, its points ringed. Faint points are the individual runs.
+    """
+    final = _with_configuration(final)
+    stats = aggregate(final, ["average", "total_bytes"])
+    styles = configuration_styles(final)
+    fig = Figure(figsize=(7.5, 5), layout="constrained")
+    ax = fig.add_subplot()
+    short = _swept_settings(stats)
+    first_of_family = set()
+    for (family, budget), rows in stats.groupby(["method_name", "budget"], sort=False):
+        if len(rows) > 1:
+            rows = rows.sort_values("total_bytes")
+            first_of_family.add((rows["method"].iloc[0], budget))
+            style = styles[(rows["method"].iloc[0], budget)]
+            ax.plot(rows["total_bytes"], rows["average"], color=style["family_color"], alpha=0.5,
+                    linewidth=1.3, linestyle=style["linestyle"], zorder=1)
+    for key, style in styles.items():
+        row = _rows(stats, key).iloc[0]
+        ax.errorbar(row["total_bytes"], row["average"], yerr=0 if np.isnan(row["average_std"]) else row["average_std"],
+                    fmt=style["marker"], color=style["color"], markersize=7, capsize=3, zorder=3,
+                    label=f"{style['label']} (n={int(row['n'])})")
+        points = _rows(final, key)
+        ax.scatter(points["total_bytes"], points["average"], s=12, color=style["color"], alpha=0.4, linewidths=0,
+                   zorder=2)
+        # The smallest variant of a swept method is labelled on its left, the others on their right.
+        left = key in first_of_family
+        ax.annotate(short[key], (row["total_bytes"], row["average"]), textcoords="offset points",
+                    xytext=(-8 if left else 8, 4), ha="right" if left else "left", fontsize=8,
+                    color=style["color"])
+    front = stats[pareto_mask(stats["total_bytes"], stats["average"])].sort_values("total_bytes")
+    ax.step(front["total_bytes"], front["average"], where="post", color="black", linestyle=":", linewidth=1.2,
+            zorder=0)
+    ax.scatter(front["total_bytes"], front["average"], s=230, facecolors="none", edgecolors="black",
+               linewidths=1.0, zorder=4)
+    ax.set_xscale("log")
+    _bytes_axis(ax, "x")
+    if "backbone_bytes" in final:
+        _backbone_axis(ax, float(final["backbone_bytes"].iloc[0]), "x")
+    low, high = ax.get_xlim()
+    ax.set_xlim(low / 1.3, high * 1.3)
+    ax.set_xlabel("total storage after the last task (bytes on disk)")
+    ax.set_ylabel("final average score (mean ± sd)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], color="black", linestyle=":", marker="o", markerfacecolor="none", markersize=10))
+    labels.append("Pareto front")
+    ax.legend(handles, labels, fontsize=8)
+    return fig
+
+
+def plot_order_sensitivity(final: pd.DataFrame, *,
+                           title: str = "Final average score by task order") -> Figure:
+    """Per configuration, the final average score of each task order (mean over its seeds: large marker,
+    joined across orders by a grey line; seeds: small dots) and the spread between the orders' means
+    (the number above): how much the order alone moves the result."""
+    final = _with_configuration(final)
+    styles = configuration_styles(final)
+    orders = list(dict.fromkeys(final["order"]))
+    offsets = _dodge(len(orders), 0.25)
+    fig = Figure(figsize=(max(6.0, 1.05 * len(styles) + 2.0), 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    for x, (key, style) in enumerate(styles.items()):
+        rows = _rows(final, key)
+        means = rows.groupby("order", sort=False)["average"].mean().reindex(orders)
+        if means.notna().sum() > 1:
+            present = means.notna().to_numpy()
+            ax.plot(x + offsets[present], means[present], color="grey", linewidth=1, alpha=0.7, zorder=1)
+            ax.annotate(f"spread {means.max() - means.min():.1f}", (x, means.max()), textcoords="offset points",
+                        xytext=(0, 9), ha="center", fontsize=7, color="dimgrey")
+        for j, order in enumerate(orders):
+            seeds = rows[rows["order"] == order]
+            if seeds.empty:
+                continue
+            ax.scatter(np.full(len(seeds), x + offsets[j]), seeds["average"], s=10, color=style["color"],
+                       alpha=0.5, linewidths=0)
+            ax.scatter([x + offsets[j]], [seeds["average"].mean()], s=55, color=style["color"],
+                       marker=_MARKERS[j % len(_MARKERS)], edgecolors="black", linewidths=0.5, zorder=3)
+    ax.set_xticks(range(len(styles)), [style["label"] for style in styles.values()], rotation=15, ha="right",
+                  fontsize=8)
+    handles = [Line2D([], [], linestyle="", marker=_MARKERS[j % len(_MARKERS)], color="grey",
+                      markeredgecolor="black", markersize=7) for j in range(len(orders))]
+    ax.legend(handles, orders, title="task order", fontsize=7, title_fontsize=8, loc="best")
+    ax.set_ylabel("final average score")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    return fig
+
+
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Save a figure as PNG (150 dpi) and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
+    fig.savefig(path, dpi=FIGURE_DPI)
     return path

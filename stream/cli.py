@@ -1,8 +1,9 @@
 """The ``taskstream`` command line.
 
-Subcommands: ``run`` (run or resume a stream), ``plot`` and ``report`` (figures and a Markdown report
-from a run directory), ``methods`` and ``tasks`` (what is registered). User errors print one clear
-message and exit with status 2; nothing already written is touched.
+Subcommands: ``run`` (run or resume a stream), ``sweep`` (run or resume a study: many runs from one spec,
+on local worker processes or Ray), ``plot`` and ``report`` (figures and a report of a run or a study),
+``compare`` (one report over several runs and studies), ``methods`` and ``tasks`` (what is registered).
+User errors print one clear message and exit with status 2; nothing already written is touched.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -91,18 +93,114 @@ def _print_summary(run_dir: Path) -> None:
     print(summary_table(load_ledger(run_dir)).to_string(index=False))
 
 
-def _cmd_plot(args) -> int:
-    from analysis.report import write_run_figures
+def _add_sweep_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="run (or resume) a study: a grid of runs from one spec file",
+                       description="Expand a study spec (TOML or YAML: a base config, and methods x seeds x task "
+                                   "orders x budgets) into runs, one run directory each under the study directory, "
+                                   "and run them on local worker processes or Ray. Re-running the same command "
+                                   "skips finished runs and resumes interrupted ones; failed runs are recorded "
+                                   "and retried.")
+    p.add_argument("spec", type=Path, help="the study spec (.toml, .yaml or .yml)")
+    p.add_argument("--study-dir", type=Path, help="study directory (default: runs/<study name>)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local worker processes (default) or Ray (needs the optional extra: taskstream[ray])")
+    p.add_argument("--workers", type=int, help="runs in parallel (default: cores // 2, at least 1)")
+    p.add_argument("--threads", type=int, help="torch threads per run (default: cores // workers)")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    p.add_argument("--data-dir", type=Path, help=f"local GLUE data, overriding the spec's (default: the spec's, "
+                                                 f"else ${DATA_DIR_ENV}, else the Hub)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
+    p.add_argument("--no-report", action="store_true", help="skip the study report at the end")
 
-    for name, path in write_run_figures(args.run).items():
+
+def _study_spec(args):
+    from stream.config import load_config_file
+    from stream.study import StudySpec
+
+    data_dir = args.data_dir
+    if data_dir is None and "data_dir" not in load_config_file(args.spec).get("base", {}):
+        data_dir = os.environ.get(DATA_DIR_ENV)
+    return StudySpec.from_file(args.spec, data_dir=str(Path(data_dir).expanduser().resolve()) if data_dir else None)
+
+
+def _cmd_sweep(args) -> int:
+    from stream.study import StudyDirectory, is_complete
+    from stream.sweep import run_study
+
+    spec = _study_spec(args)
+    study_dir = args.study_dir or Path("runs") / spec.name
+    if args.dry_run:
+        directory = StudyDirectory(study_dir)
+        for run in spec.runs:
+            state = "complete" if is_complete(directory, run) else directory.status(run.run_id)["state"]
+            print(f"{run.run_id:<60} {state}")
+        print(f"{len(spec.runs)} runs in {directory.root}")
+        return 0
+
+    def show(progress) -> None:
+        print(progress.line(), file=sys.stderr, flush=True)
+
+    def stop(signum, frame) -> None:
+        raise KeyboardInterrupt  # SIGTERM (a batch scheduler, kill): stop the workers, keep what is written
+
+    signal.signal(signal.SIGTERM, stop)
+
+    outcome = run_study(spec, study_dir, backend=args.backend, workers=args.workers, threads=args.threads,
+                        address=args.address, spec_file=args.spec, on_progress=show)
+    print(f"study {spec.name}: {outcome.total} runs, {len(outcome.skipped)} already complete, "
+          f"{len(outcome.completed)} completed now, {len(outcome.failed)} failed ({outcome.study_dir})")
+    for run_id, error in outcome.failed.items():
+        print(f"  failed: {run_id}: {error}")
+    if not args.no_report and len(outcome.failed) < outcome.total:
+        from analysis.study_report import write_study_report
+
+        written = write_study_report(outcome.study_dir, outcome.study_dir)
+        print(f"report: {written['markdown']}\nreport: {written['html']}")
+    return 1 if outcome.failed else 0
+
+
+def _cmd_plot(args) -> int:
+    from analysis.tables import is_study_dir
+
+    if is_study_dir(args.run):
+        from analysis.plots import save_figure
+        from analysis.placement import load_placement
+        from analysis.report import FIGURES_DIR
+        from analysis.study_report import study_figures
+        from analysis.tables import load_ledger
+
+        table = load_ledger(args.run)
+        figures = study_figures(table, load_placement(table))
+        paths = {name: save_figure(fig, args.run / FIGURES_DIR / f"{name}.png") for name, fig in figures.items()}
+    else:
+        from analysis.report import write_run_figures
+
+        paths = write_run_figures(args.run)
+    for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
 
 
 def _cmd_report(args) -> int:
+    from analysis.tables import is_study_dir
+
+    if is_study_dir(args.run):
+        from analysis.study_report import write_study_report
+
+        written = write_study_report(args.run, args.run)
+        print(f"{written['markdown']}\n{written['html']}")
+        return 0
     from analysis.report import write_run_report
 
     print(write_run_report(args.run))
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from analysis.study_report import write_study_report
+
+    written = write_study_report(args.paths, args.out)
+    print(f"{written['markdown']}\n{written['html']}")
     return 0
 
 
@@ -130,17 +228,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(sub)
-    for name, helptext in (("plot", "draw a run's figures into RUN/figures"),
-                           ("report", "write RUN/report.md (tables and figures)")):
+    _add_sweep_parser(sub)
+    for name, helptext in (("plot", "draw a run's or a study's figures into PATH/figures"),
+                           ("report", "write PATH/report.md (a study also gets a self-contained report.html)")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("run", type=Path, help="a run directory")
+        p.add_argument("run", type=Path, metavar="PATH", help="a run directory or a study directory")
+    p = sub.add_parser("compare", help="one report (Markdown + HTML) over several runs and studies",
+                       description="Aggregate run and study directories into one report: each (method, budget) "
+                                   "configuration's runs (seeds, task orders) give mean ± sd.")
+    p.add_argument("paths", type=Path, nargs="+", metavar="RUN_OR_STUDY")
+    p.add_argument("--out", type=Path, default=Path("runs/comparison"),
+                   help="where report.md, report.html and figures/ go (default: runs/comparison)")
     sub.add_parser("methods", help="list the registered methods")
     sub.add_parser("tasks", help="list the registered tasks")
     return parser
 
 
-_COMMANDS = {"run": _cmd_run, "plot": _cmd_plot, "report": _cmd_report, "methods": _cmd_methods,
-             "tasks": _cmd_tasks}
+_COMMANDS = {"run": _cmd_run, "sweep": _cmd_sweep, "plot": _cmd_plot, "report": _cmd_report,
+             "compare": _cmd_compare, "methods": _cmd_methods, "tasks": _cmd_tasks}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -186,7 +186,7 @@ class AdaptersMethod(Method):
         return named
 
     def train(self, arrival, *, previous=None, progress=False) -> TrainedTask:
-        seed = arrival.seed * 1000 + arrival.step
+        seed = arrival.task_seed
         encoder = self.backbone.fresh_encoder()
         adapters = insert_adapters(encoder, self.config.bottleneck, init_std=self.config.init_std,
                                    seed=seed + _INIT_SEED_OFFSET)

@@ -396,7 +396,7 @@ def prepare_arrival(method: ContinualMethod, arrival: Arrival, previous: LoadedA
     model = MultiHeadEncoder(encoder, heads, pooling=backbone.pooling,
                              regression=[h["label"] for h in records if h["regression"]],
                              trained_tasks=[h["label"] for h in records])
-    model.add_head(label, method.new_head(task, arrival.seed * 1000 + arrival.step), regression=task.is_regression)
+    model.add_head(label, method.new_head(task, arrival.task_seed), regression=task.is_regression)
     model.to(method.device)
     tuned = set(tuned_encoder_names(encoder, config.tuned_blocks))
     for name, param in encoder.named_parameters():
@@ -439,7 +439,7 @@ def train_arrival(method: ContinualMethod, arrival: Arrival, previous: LoadedArt
     start = time.perf_counter()
     prepared = prepare_arrival(method, arrival, previous, progress=progress)
     strategy, model = prepared.strategy, prepared.model
-    torch.manual_seed(arrival.seed * 1000 + arrival.step)  # shuffling, dropout, reservoir sampling
+    torch.manual_seed(arrival.task_seed)  # shuffling, dropout, reservoir sampling
     with warnings.catch_warnings():  # Avalanche's deprecation helper rewrites the global warning filters
         strategy.train(prepared.experience, eval_streams=[])
 

@@ -176,7 +176,7 @@ class Method(abc.ABC):
         budget = arrival.budget
         options = dict(epochs=budget.epochs, max_steps=budget.max_steps, batch_size=budget.batch_size,
                        eval_every_steps=budget.eval_every_steps, eval_batch_size=budget.eval_batch_size,
-                       seed=arrival.seed * 1000 + arrival.step)
+                       seed=arrival.task_seed)
         options.update(overrides)
         return fit(model, groups, arrival.train, arrival.dev, arrival.task, config=self.config,
                    device=self.device, progress=progress,

@@ -59,7 +59,7 @@ class BitFitMethod(Method):
 
     def train(self, arrival, *, previous=None, progress=False) -> TrainedTask:
         encoder = self.backbone.fresh_encoder()
-        head = self.new_head(arrival.task, arrival.seed * 1000 + arrival.step)
+        head = self.new_head(arrival.task, arrival.task_seed)
         model = TaskModel(encoder, head, self.backbone.pooling)
         biases = bias_parameters(encoder)
         for param in biases.values():

@@ -162,7 +162,7 @@ class LoraMethod(Method):
         logger.info("LoRA rank %d on %d linear layers (%s, ...)", config.rank, len(self.targets), self.targets[0])
 
     def train(self, arrival, *, previous=None, progress=False) -> TrainedTask:
-        seed = arrival.seed * 1000 + arrival.step
+        seed = arrival.task_seed
         settings = peft_settings(self.config)
         encoder = inject_lora(self.backbone.fresh_encoder(), settings, seed=seed + _INIT_SEED_OFFSET)
         adapted = [path for path, m in encoder.named_modules() if isinstance(m, LoraLayer)]

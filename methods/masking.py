@@ -251,7 +251,7 @@ class MaskingMethod(Method):
 
     def train(self, arrival, *, previous=None, progress=False) -> TrainedTask:
         config = self.config
-        seed = arrival.seed * 1000 + arrival.step
+        seed = arrival.task_seed
         if not config.train_head and arrival.task.is_regression:
             logger.warning("masking with train_head=False on regression task %r: a frozen random head cannot "
                            "rescale its output to the label range; expect a poor score.", arrival.task.name)

@@ -114,6 +114,15 @@ class Arrival:
     dev: TokenizedSplit
     tests: dict[str, TokenizedSplit]
 
+    @property
+    def task_seed(self) -> int:
+        """Seed of the head initialisation and training order of this task.
+
+        It depends on the run seed and the task, not on the arrival step, so a frozen-backbone method
+        trains the same model for a task whatever position the task arrives at.
+        """
+        return _task_seed(self.seed, self.task.name)
+
 
 class ArrivalBuilder:
     """Loads, splits and tokenises tasks for a run; each split is read from its source once."""

@@ -116,3 +116,13 @@ def test_resume_refuses_a_tampered_artifact(tiny_model_dir, glue_dir, tmp_path):
     artifact.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="sha256"):
         run_stream(config, tmp_path, progress=False)
+
+
+def test_a_frozen_backbone_method_scores_a_task_the_same_at_any_position(tiny_model_dir, glue_dir, tmp_path):
+    scores = []
+    for order in (("sst2", "rte"), ("rte", "sst2")):
+        config = _config(tiny_model_dir, glue_dir, tasks=order, methods=(MethodSpec(name="linear_probe"),))
+        run_stream(config, tmp_path / "-".join(order), progress=False)
+        rows = _comparable(tmp_path / "-".join(order))
+        scores.append({r["eval_task"]: (r["score"], r["artifact_sha256"]) for r in rows if r["step"] == 2})
+    assert scores[0] == scores[1]

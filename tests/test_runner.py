@@ -124,5 +124,5 @@ def test_a_frozen_backbone_method_scores_a_task_the_same_at_any_position(tiny_mo
         config = _config(tiny_model_dir, glue_dir, tasks=order, methods=(MethodSpec(name="linear_probe"),))
         run_stream(config, tmp_path / "-".join(order), progress=False)
         rows = _comparable(tmp_path / "-".join(order))
-        scores.append({r["eval_task"]: (r["score"], r["artifact_sha256"]) for r in rows if r["step"] == 2})
+        scores.append({r["task"]: (r["score"], r["artifact_sha256"]) for r in rows if r["eval_step"] == r["step"]})
     assert scores[0] == scores[1]

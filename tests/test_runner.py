@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from stream.config import MethodSpec, RunConfig
 from stream.errors import ArtifactError, RunDirectoryError
@@ -119,10 +120,17 @@ def test_resume_refuses_a_tampered_artifact(tiny_model_dir, glue_dir, tmp_path):
 
 
 def test_a_frozen_backbone_method_scores_a_task_the_same_at_any_position(tiny_model_dir, glue_dir, tmp_path):
-    scores = []
+    from safetensors.torch import load_file
+
+    results = []
     for order in (("sst2", "rte"), ("rte", "sst2")):
+        run_dir = tmp_path / "-".join(order)
         config = _config(tiny_model_dir, glue_dir, tasks=order, methods=(MethodSpec(name="linear_probe"),))
-        run_stream(config, tmp_path / "-".join(order), progress=False)
-        rows = _comparable(tmp_path / "-".join(order))
-        scores.append({r["task"]: (r["score"], r["artifact_sha256"]) for r in rows if r["eval_step"] == r["step"]})
-    assert scores[0] == scores[1]
+        run_stream(config, run_dir, progress=False)
+        own = {r["task"]: r for r in _comparable(run_dir) if r["eval_step"] == r["step"]}
+        results.append({task: (row["score"], load_file(run_dir / row["artifact_path"])) for task, row in own.items()})
+    for task in ("sst2", "rte"):
+        (score_a, tensors_a), (score_b, tensors_b) = results[0][task], results[1][task]
+        assert score_a == score_b
+        assert tensors_a.keys() == tensors_b.keys()
+        assert all(torch.equal(tensors_a[k], tensors_b[k]) for k in tensors_a)

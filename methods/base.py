@@ -38,6 +38,9 @@ BUILTIN_METHODS = {
     "full": "full",
     "last_layer": "last_layer",
     "linear_probe": "last_layer",
+    "diff_pruning": "diff_pruning",
+    "diff_pruning_unstructured": "diff_pruning",
+    "diff_pruning_nonadaptive": "diff_pruning",
 }
 
 

@@ -57,7 +57,11 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "unstructured-eps1e-12": ("diff_pruning_unstructured", {**PAPER, "alpha_eps": 1e-12}),
     "nonadaptive": ("diff_pruning_nonadaptive", {**PAPER, "learning_rate": 5e-5}),
     "chosen": ("diff_pruning", {}),
+    # References on the same data and budget (their own defaults).
+    "full": ("full", {}),
+    "linear_probe": ("linear_probe", {}),
 }
+REFERENCES = ("full", "linear_probe")
 TASK_BUDGETS = {"sst2": {"max_seq_length": 64}, "rte": {"max_seq_length": 128}}
 
 
@@ -76,14 +80,14 @@ def summarise(run_dir: Path, task: str, labels: dict[str, str]) -> list[dict]:
         sidecar = json.loads((run_dir / "artifacts" / row["artifact_path"].split("/", 1)[1])
                              .with_suffix(".json").read_text())
         meta = sidecar["meta"]
-        stage1 = meta["l0_stage"]
+        stage1 = meta.get("l0_stage", {})
         out.append({"config": config, "method": row["method_name"], "options": sidecar["config"],
-                    "stage1_density": stage1["density"], "stage1_expected_density": stage1.get("expected_density"),
-                    "closed_tensors": len(stage1.get("closed_tensors", [])), "stage1_dev": stage1["best_dev_score"],
-                    "dev": row["dev_score"], "test": row["score"], "nonzeros": meta["nonzeros"],
-                    "artifact_bytes": row["artifact_bytes"], "lower_bound_bytes": row["lower_bound_bytes"],
-                    "train_seconds": row["seconds"]["train"], "steps": row["train_steps"],
-                    "nonzeros_per_layer": meta["nonzeros_per_layer"]})
+                    "stage1_density": stage1.get("density"), "stage1_expected_density": stage1.get("expected_density"),
+                    "closed_tensors": len(stage1.get("closed_tensors", [])), "stage1_dev": stage1.get("best_dev_score"),
+                    "dev": row["dev_score"], "test": row["score"], "nonzeros": meta.get("nonzeros"),
+                    "new_params": row["new_params"], "artifact_bytes": row["artifact_bytes"],
+                    "lower_bound_bytes": row["lower_bound_bytes"], "train_seconds": row["seconds"]["train"],
+                    "steps": row["train_steps"], "nonzeros_per_layer": meta.get("nonzeros_per_layer")})
     return out
 
 
@@ -96,20 +100,25 @@ def markdown(task: str, rows: list[dict], info: dict) -> str:
              "| config | lambda | alpha eps | alpha lr | w lr | stage-1 density | expected | closed tensors "
              "| stage-1 dev | dev | test | artifact bytes | / bound |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    def cell(value, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
     for r in rows:
         o = r["options"]
-        expected = "n/a" if r["stage1_expected_density"] is None else f"{r['stage1_expected_density']:.3f}"
-        lines.append(f"| {r['config']} ({r['method']}) | {o['l0_penalty']:g} | {o['alpha_eps']:g} | "
-                     f"{o['alpha_learning_rate']:g} | {o['learning_rate']:g} | {r['stage1_density']:.3f} | "
-                     f"{expected} | {r['closed_tensors']} | {r['stage1_dev']:.1f} | {r['dev']:.1f} | {r['test']:.1f} | "
-                     f"{r['artifact_bytes']:,} | {r['artifact_bytes'] / r['lower_bound_bytes']:.3f} |")
+        bound = r["lower_bound_bytes"]
+        lines.append(f"| {r['config']} ({r['method']}) | {cell(o.get('l0_penalty'), 'g')} | "
+                     f"{cell(o.get('alpha_eps'), 'g')} | {cell(o.get('alpha_learning_rate'), 'g')} | "
+                     f"{o['learning_rate']:g} | {cell(r['stage1_density'], '.3f')} | "
+                     f"{cell(r['stage1_expected_density'], '.3f')} | {r['closed_tensors']} | "
+                     f"{cell(r['stage1_dev'], '.1f')} | {r['dev']:.1f} | {r['test']:.1f} | {r['artifact_bytes']:,} | "
+                     f"{cell(r['artifact_bytes'] / bound if bound else None, '.3f')} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default="sst2", help="comma-separated GLUE tasks (sst2, rte, ...)")
-    parser.add_argument("--configs", default=",".join(c for c in CONFIGS if c != "chosen"),
+    parser.add_argument("--configs", default=",".join(c for c in CONFIGS if c != "chosen" and c not in REFERENCES),
                         help=f"comma-separated configurations among: {', '.join(CONFIGS)}")
     parser.add_argument("--glue-dir", type=Path, default=default_glue_dir())
     parser.add_argument("--backbone", default="bundled:all-MiniLM-L6-v2")

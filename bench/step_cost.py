@@ -93,11 +93,11 @@ def peak_rss_mib() -> float:
 
 
 # -------------------------------------------------------------------------------------------- data
-def fixed_length_split(input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, labels: torch.Tensor,
-                       name: str) -> TokenizedSplit:
+def fixed_length_split(input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+                       labels: torch.Tensor, name: str) -> TokenizedSplit:
     """A split whose every batch is exactly ``input_ids.shape[1]`` long (lengths set to the full width)."""
     rows, width = input_ids.shape
-    return TokenizedSplit(task="rte", split=name, input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+    return TokenizedSplit(task="rte", split=name, input_ids=input_ids, attention_mask=attention_mask,
                           token_type_ids=token_type_ids, lengths=torch.full((rows,), width), labels=labels)
 
 
@@ -130,20 +130,21 @@ def build_splits(backbone, args) -> tuple[TokenizedSplit, TokenizedSplit, Tokeni
     if texts is not None:
         enc = backbone.tokenizer(texts[0], texts[1], truncation=True, max_length=args.seq_len, padding="max_length",
                                  return_tensors="pt", return_token_type_ids=True)
-        ids, types = enc["input_ids"], enc["token_type_ids"]
+        ids, mask, types = enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
         labels = torch.tensor(texts[2])
         source = f"GLUE rte train pairs (longest first), padded/truncated to {args.seq_len} tokens"
         if len(labels) < n_total:  # cycle rows if the file is short
             reps = -(-n_total // len(labels))
-            ids, types, labels = ids.repeat(reps, 1), types.repeat(reps, 1), labels.repeat(reps)
+            ids, mask, types, labels = ids.repeat(reps, 1), mask.repeat(reps, 1), types.repeat(reps, 1), \
+                labels.repeat(reps)
     else:
         vocab = int(backbone.encoder.config.vocab_size)
         ids = torch.randint(5, vocab, (n_total, args.seq_len), generator=generator)
-        types = torch.zeros_like(ids)
+        mask, types = torch.ones_like(ids), torch.zeros_like(ids)
         labels = torch.randint(0, 2, (n_total,), generator=generator)
         source = f"random token ids, {args.seq_len} tokens"
     cut = [n_train, n_train + 2]
-    split = lambda a, b, name: fixed_length_split(ids[a:b], types[a:b], labels[a:b], name)  # noqa: E731
+    split = lambda a, b, name: fixed_length_split(ids[a:b], mask[a:b], types[a:b], labels[a:b], name)  # noqa: E731
     return split(0, cut[0], "train"), split(cut[0], cut[1], "dev"), split(cut[1], n_total, "validation"), source
 
 

@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from methods.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
 from methods.codecs import (VALUE_DTYPES, pack_sparse_tensors, positions_lower_bound_bits,
@@ -190,26 +191,32 @@ class GatedDiff(nn.Module):
         self.gate = config.gate
         self.structured = config.variant == "structured"
         self.penalty_form = config.structured_penalty
-        self.diff_w = nn.Parameter(torch.zeros(n, device=device))
-        self.diff_log_alpha = nn.Parameter(torch.full((n,), float(config.alpha_init), device=device))
-        self.register_buffer("noise", torch.empty(n, device=device), persistent=False)
+        kind = {"device": device, "dtype": layout.dtype}
+        self.diff_w = nn.Parameter(torch.zeros(n, **kind))
+        self.diff_log_alpha = nn.Parameter(torch.full((n,), float(config.alpha_init), **kind))
         if self.structured:
             groups = len(layout)
-            self.diff_group_log_alpha = nn.Parameter(torch.full((groups,), float(config.alpha_init), device=device))
-            self.register_buffer("group_noise", torch.empty(groups, device=device), persistent=False)
+            self.diff_group_log_alpha = nn.Parameter(torch.full((groups,), float(config.alpha_init), **kind))
             self.register_buffer("group_sizes", torch.tensor(layout.sizes, device=device), persistent=False)
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.training:
-            z = self.gate.sample(self.diff_log_alpha, self.noise)
-            group = self.gate.sample(self.diff_group_log_alpha, self.group_noise) if self.structured else None
+            z = self.gate.sample(self.diff_log_alpha)
+            group = self.gate.sample(self.diff_group_log_alpha) if self.structured else None
         else:
             z = self.gate.deterministic(self.diff_log_alpha)
             group = self.gate.deterministic(self.diff_group_log_alpha) if self.structured else None
         return z * self.diff_w, group
 
     def expected_l0(self) -> torch.Tensor:
-        """The L0 penalty's sum (scalar, differentiable); see the module docstring for the forms."""
+        """The L0 penalty's sum (scalar, differentiable); see the module docstring for the forms.
+
+        Checkpointed: the training loop adds it after the forward pass, when activations peak, and a
+        plain sigmoid would keep an (N,) tensor alive until the backward pass. This recomputes it there.
+        """
+        return checkpoint(self._expected_l0, use_reentrant=False)
+
+    def _expected_l0(self) -> torch.Tensor:
         probs = self.gate.prob_nonzero(self.diff_log_alpha)  # (N,)
         if not self.structured:
             return probs.sum()
@@ -241,7 +248,7 @@ class DenseDiff(nn.Module):
 
     def __init__(self, layout: FlatLayout) -> None:
         super().__init__()
-        self.diff_w = nn.Parameter(torch.zeros(layout.numel, device=layout.device))
+        self.diff_w = nn.Parameter(torch.zeros(layout.numel, device=layout.device, dtype=layout.dtype))
 
     def forward(self) -> tuple[torch.Tensor, None]:
         return self.diff_w, None
@@ -285,7 +292,6 @@ class DiffEncoder(nn.Module):
         self.layout = layout
         self.source = source
         self.functional = FunctionalEncoder(encoder)
-        self.config = self.functional.config
         self._cache: tuple[tuple, dict[str, torch.Tensor]] | None = None
 
     def train(self, mode: bool = True) -> DiffEncoder:
@@ -388,7 +394,12 @@ class DiffPruningMethod(Method):
                         after_step=_release_grads(source))
         effective = effective_diff(source, self.layout)  # (N,)
         with torch.no_grad():
-            stage1 = {**_stage_summary(fit1), "density": int(torch.count_nonzero(effective)) / self.layout.numel}
+            nonzero = int(torch.count_nonzero(effective))
+            if nonzero < self.nonzeros:
+                logger.warning("%s: stage 1 ended with %d nonzero diff entries (best dev state at step %d), fewer "
+                               "than the %d kept; the rest are chosen by lowest index and start at 0.", label,
+                               nonzero, fit1.best_step, self.nonzeros)
+            stage1 = {**_stage_summary(fit1), "density": nonzero / self.layout.numel}
             if isinstance(source, GatedDiff):
                 stage1["expected_density"] = source.expected_nonzeros() / self.layout.numel
                 if source.structured:
@@ -468,16 +479,14 @@ class DiffPruningMethod(Method):
         sparse = unpack_sparse_tensors(tensors, meta[DIFF_KEY])
         encoder = self.backbone.fresh_encoder()
         params = dict(encoder.named_parameters())
-        unknown = sorted(set(sparse) - set(params))
-        if unknown:
-            raise ArtifactError(f"The artifact's diff names {len(unknown)} tensor(s) this backbone lacks, e.g. "
-                                f"{unknown[0]!r}: it was made for another backbone.")
+        sizes = dict(zip(meta[DIFF_KEY]["names"], meta[DIFF_KEY]["numel"]))
+        mismatched = sorted(name for name in sparse if name not in params or params[name].numel() != sizes[name])
+        if mismatched:
+            raise ArtifactError(f"The artifact's diff names {len(mismatched)} tensor(s) this backbone lacks or has "
+                                f"in another size, e.g. {mismatched[0]!r}: it was made for another backbone.")
         with torch.no_grad():
             for name, (local, values) in sparse.items():
                 param = params[name]
-                if int(meta[DIFF_KEY]["numel"][meta[DIFF_KEY]["names"].index(name)]) != param.numel():
-                    raise ArtifactError(f"The artifact's diff for {name!r} is for a tensor of another size: "
-                                        "it was made for another backbone.")
                 if local.size:
                     index = torch.from_numpy(np.ascontiguousarray(local)).to(param.device)
                     param.view(-1).index_add_(0, index, values.to(param.device, param.dtype))

@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
+from stream.errors import ConfigError
+
 _BLOCK_INDEX = re.compile(r"^(.*?\.\d+)\.")
 
 
@@ -40,6 +42,11 @@ class FlatLayout:
 
     def __init__(self, encoder: nn.Module) -> None:
         named = list(encoder.named_parameters())
+        kinds = {(p.dtype, p.device) for _, p in named}
+        if len(kinds) != 1:
+            raise ConfigError(f"A flat parameter layout needs an encoder whose parameters share one dtype and "
+                              f"device; {type(encoder).__name__} has {sorted(map(str, kinds))}. Convert the "
+                              "backbone to one dtype first.")
         self.names: tuple[str, ...] = tuple(name for name, _ in named)
         self.shapes: tuple[torch.Size, ...] = tuple(p.shape for _, p in named)
         self.sizes: tuple[int, ...] = tuple(p.numel() for _, p in named)
@@ -105,7 +112,6 @@ class FunctionalEncoder(nn.Module):
         skeleton = copy.deepcopy(encoder, memo=shared)
         skeleton.train(self.training)
         self.__dict__["_skeleton"] = skeleton  # deliberately not a registered submodule
-        self.config = getattr(encoder, "config", None)
 
     def train(self, mode: bool = True) -> FunctionalEncoder:
         super().train(mode)

@@ -10,8 +10,9 @@ so ``z`` is exactly 0 or 1 with positive probability and differentiable in ``log
 ``P(z != 0) = sigmoid(log_alpha - log(-l / r))``, the expected-L0 term that the penalty sums. At
 evaluation the gate is deterministic: ``clamp(sigmoid(log_alpha) * (r - l) + l, 0, 1)``.
 
-Everything works on flat tensors of any length (one entry per gated weight), with autograd; the only
-in-place work is filling the caller's preallocated noise buffer, which needs no gradient.
+Everything works on flat tensors of any shape (one entry per gated weight), with autograd. The sample
+is written to keep memory low: the noise buffer is turned into ``s`` in place, and autograd keeps only
+``s`` (shared by the sigmoid and the clamp) plus the gate itself.
 """
 
 from __future__ import annotations
@@ -41,11 +42,13 @@ class HardConcrete:
         """``log(-l / r)``: the shift between ``log_alpha`` and the logit of ``P(z != 0)`` (0 when l = -r)."""
         return math.log(-self.lower / self.upper)
 
-    def sample(self, log_alpha: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """A training sample of the gates; refills ``noise`` (same shape, preallocated) with fresh noise."""
+    def sample(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """A training sample of the gates (fresh noise from torch's global generator)."""
+        noise = torch.empty_like(log_alpha)
         with torch.no_grad():
             noise.uniform_(_NOISE_CLIP, 1.0 - _NOISE_CLIP).logit_()
-        return self._stretch_and_clip((noise + log_alpha).sigmoid_())
+        # The noise buffer becomes s in place: one (N,) allocation per sample, nothing kept between steps.
+        return self._stretch_and_clip(noise.add_(log_alpha).sigmoid_())
 
     def deterministic(self, log_alpha: torch.Tensor) -> torch.Tensor:
         """The evaluation-time gate: the clipped, stretched ``sigmoid(log_alpha)``; no noise."""

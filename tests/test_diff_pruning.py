@@ -6,6 +6,8 @@ Tiny random BERT and synthetic GLUE rows (tests/conftest.py); the shared propert
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -21,7 +23,7 @@ from methods.flat_params import FlatLayout, FunctionalEncoder, layer_of
 from methods.hard_concrete import HardConcrete
 from methods.task_model import TaskHead, TaskModel
 from stream.config import RunConfig
-from stream.errors import ConfigError
+from stream.errors import ArtifactError, ConfigError
 from stream.runner import resolve_tasks
 from stream.scenario import ArrivalBuilder, Budget
 from stream.store import ArtifactKey, ArtifactStore
@@ -69,8 +71,7 @@ def test_expected_l0_matches_a_monte_carlo_estimate(lower, upper):
     draws = 40_000
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)
-    noise = torch.empty(draws, log_alpha.numel())
-    z = gate.sample(log_alpha.expand(draws, -1), noise)
+    z = gate.sample(log_alpha.expand(draws, -1))
     torch.random.set_rng_state(generator_state)
     empirical = (z != 0).double().mean(dim=0)
     expected = gate.prob_nonzero(log_alpha).double()
@@ -173,6 +174,16 @@ def test_rebuilt_model_is_backbone_plus_diff_bit_exact(trained_structured):
     with torch.inference_mode():
         assert torch.equal(trained.model(**inputs), rebuilt(**inputs))
     backbone.verify_unchanged()
+
+
+def test_load_refuses_an_artifact_made_for_another_backbone(trained_structured):
+    _, method, arrival, _, loaded = trained_structured
+    meta = copy.deepcopy(loaded.meta)
+    meta["diff"]["numel"][0] += 1
+    with pytest.raises(ArtifactError, match="another backbone"):
+        method.load(dataclasses.replace(loaded, sidecar={**loaded.sidecar, "meta": meta}), arrival.task)
+    with pytest.raises(ArtifactError, match="needs 'diff' in its metadata"):
+        method.load(dataclasses.replace(loaded, sidecar={**loaded.sidecar, "meta": {"blocks": [1]}}), arrival.task)
 
 
 def test_tensor_payload_is_near_its_lower_bound(trained_structured):

@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         run_dir = args.run_dir / task
         run_stream(config, run_dir, progress=False)
         results[task] = summarise(run_dir, task, labels)
-        info = {"backbone": args.backbone, "command": " ".join(["python", "bench/diff_pruning_sweep.py", *(argv or sys.argv[1:])]),
+        command = " ".join(["python", "bench/diff_pruning_sweep.py", *(argv or sys.argv[1:])])
+        info = {"backbone": args.backbone, "command": command,
                 "budget": {k: v for k, v in vars(budget).items() if v is not None}, "seed": args.seed,
                 "started": started, "cpu_minutes": (time.process_time() - start_cpu) / 60}
         text = markdown(task, results[task], info)

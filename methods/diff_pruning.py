@@ -41,11 +41,15 @@ plus the dense head. ``new_params`` is k + the head's parameters. ``lower_bound_
 metadata records the nonzeros per tensor (in the codec's ``count`` column, named by parameter) and per
 layer, and what stage 1 ended at (its density under the deterministic gate, its expected density).
 
-Memory and speed: the gated weights live in one flat (N,) tensor per quantity (``w``, ``log_alpha``,
-noise), the task weights are built out of place from the shared backbone tensors with one multi-tensor
-add and run through ``torch.func.functional_call``, so nothing copies the backbone during training;
-the optimizer for the flat tensors is a fused AdamW; gradients of the flat tensors are released right
-after each optimizer step. Stage 3 has no N-sized trainable state at all.
+Memory and speed (autograd throughout, no hand-written gradients, no per-parameter loops in the step):
+``w`` and ``log_alpha`` are one flat (N,) tensor each; the task weights are built out of place from the
+shared backbone tensors with one multi-tensor add (:class:`~methods.flat_params.FlatLayout`) and run
+through ``torch.func.functional_call``, so the backbone is never copied while training; a gate sample
+costs one (N,) allocation and autograd keeps two (N,) tensors for it; the expected-L0 penalty is built
+before the encoder runs and checkpointed, so nothing (N,)-sized waits for its backward; the flat tensors
+use the fused AdamW kernel (about 5x faster than the default on CPU) and their gradients are released
+right after each optimizer step. Stage 3 trains only the k values. bench/step_cost.py measures step time
+and peak memory against full finetuning (results in bench/results/step_cost.md).
 """
 
 from __future__ import annotations
@@ -191,6 +195,8 @@ class GatedDiff(nn.Module):
         self.gate = config.gate
         self.structured = config.variant == "structured"
         self.penalty_form = config.structured_penalty
+        self.with_penalty = config.l0_penalty > 0
+        self._penalty: torch.Tensor | None = None
         kind = {"device": device, "dtype": layout.dtype}
         self.diff_w = nn.Parameter(torch.zeros(n, **kind))
         self.diff_log_alpha = nn.Parameter(torch.full((n,), float(config.alpha_init), **kind))
@@ -201,6 +207,10 @@ class GatedDiff(nn.Module):
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.training:
+            if self.with_penalty:
+                # Built here, before the encoder runs, so autograd runs its backward after the encoder's
+                # (when activations are freed); checkpointed, so no (N,) tensor waits for it meanwhile.
+                self._penalty = checkpoint(self.expected_l0, use_reentrant=False)
             z = self.gate.sample(self.diff_log_alpha)
             group = self.gate.sample(self.diff_group_log_alpha) if self.structured else None
         else:
@@ -208,15 +218,15 @@ class GatedDiff(nn.Module):
             group = self.gate.deterministic(self.diff_group_log_alpha) if self.structured else None
         return z * self.diff_w, group
 
+    def step_penalty(self) -> torch.Tensor:
+        """The expected-L0 sum of the last training forward pass (the training loop's extra loss)."""
+        if self._penalty is None:
+            raise RuntimeError("step_penalty() needs a training-mode forward pass first")
+        penalty, self._penalty = self._penalty, None
+        return penalty
+
     def expected_l0(self) -> torch.Tensor:
-        """The L0 penalty's sum (scalar, differentiable); see the module docstring for the forms.
-
-        Checkpointed: the training loop adds it after the forward pass, when activations peak, and a
-        plain sigmoid would keep an (N,) tensor alive until the backward pass. This recomputes it there.
-        """
-        return checkpoint(self._expected_l0, use_reentrant=False)
-
-    def _expected_l0(self) -> torch.Tensor:
+        """The L0 penalty's sum (scalar, differentiable); see the module docstring for the forms."""
         probs = self.gate.prob_nonzero(self.diff_log_alpha)  # (N,)
         if not self.structured:
             return probs.sum()
@@ -386,28 +396,7 @@ class DiffPruningMethod(Method):
         l0_steps, finetune_steps = stage_steps(_budget_steps(arrival), config.finetune_fraction)
         head = self.new_head(arrival.task, arrival.seed * 1000 + arrival.step)
         label = f"{self.name} {arrival.step}:{arrival.task.name}"
-
-        source = DenseDiff(self.layout) if config.variant == "nonadaptive" else GatedDiff(self.layout, config)
-        model = TaskModel(DiffEncoder(self.backbone.encoder, self.layout, source), head, self.backbone.pooling)
-        fit1 = self.fit(model, self._stage1_groups(source, head), arrival, progress=progress,
-                        desc=f"{label} {'dense' if config.variant == 'nonadaptive' else 'L0'}", max_steps=l0_steps, extra_loss=self._penalty(source),
-                        after_step=_release_grads(source))
-        effective = effective_diff(source, self.layout)  # (N,)
-        with torch.no_grad():
-            nonzero = int(torch.count_nonzero(effective))
-            if nonzero < self.nonzeros:
-                logger.warning("%s: stage 1 ended with %d nonzero diff entries (best dev state at step %d), fewer "
-                               "than the %d kept; the rest are chosen by lowest index and start at 0.", label,
-                               nonzero, fit1.best_step, self.nonzeros)
-            stage1 = {**_stage_summary(fit1), "density": nonzero / self.layout.numel}
-            if isinstance(source, GatedDiff):
-                stage1["expected_density"] = source.expected_nonzeros() / self.layout.numel
-                if source.structured:
-                    stage1["closed_tensors"] = source.closed_groups()
-            positions = top_k_positions(effective, self.nonzeros)
-            values = effective[positions]
-        del model, source, effective
-
+        positions, values, fit1, stage1 = self._l0_stage(arrival, head, l0_steps, label, progress)
         sparse = SparseDiff(self.layout.numel, positions, values)
         fit3 = None
         if finetune_steps:
@@ -416,7 +405,6 @@ class DiffPruningMethod(Method):
                       + decay_groups(head.named_parameters(), self.head_lr(), config.weight_decay))
             fit3 = self.fit(model, groups, arrival, progress=progress, desc=f"{label} fixed-mask",
                             max_steps=finetune_steps)
-            del model
         payload = self._payload(sparse.positions, sparse.diff_values.detach(), head, stage1,
                                 None if fit3 is None else _stage_summary(fit3))
         final = self._model_from_tensors(payload.tensors, payload.meta, arrival.task)
@@ -427,6 +415,32 @@ class DiffPruningMethod(Method):
                                              batch_size=arrival.budget.eval_batch_size, device=self.device)
         return TrainedTask(model=final, payload=payload, fit=fit)
 
+    def _l0_stage(self, arrival, head: nn.Module, steps: int, label: str, progress: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, FitResult, dict[str, Any]]:
+        """Stages 1 and 2: train the gated (or dense) diff, then project it to the target nonzeros.
+
+        Returns the kept flat positions (k,), their values (k,), the stage's FitResult and its summary.
+        """
+        adaptive = self.config.variant != "nonadaptive"
+        source = GatedDiff(self.layout, self.config) if adaptive else DenseDiff(self.layout)
+        model = TaskModel(DiffEncoder(self.backbone.encoder, self.layout, source), head, self.backbone.pooling)
+        fit = self.fit(model, self._stage1_groups(source, head), arrival, progress=progress,
+                       desc=f"{label} {'L0' if adaptive else 'dense'}", max_steps=steps,
+                       extra_loss=self._extra_loss(source), after_step=_release_grads(source))
+        effective = effective_diff(source, self.layout)  # (N,)
+        nonzero = int(torch.count_nonzero(effective))
+        if nonzero < self.nonzeros:
+            logger.warning("%s: stage 1 ended with %d nonzero diff entries (best dev state at step %d), fewer than "
+                           "the %d kept; the rest are chosen by lowest index and start at 0.", label, nonzero,
+                           fit.best_step, self.nonzeros)
+        summary = {**_stage_summary(fit), "density": nonzero / self.layout.numel}
+        if adaptive:
+            summary["expected_density"] = source.expected_nonzeros() / self.layout.numel
+            if source.structured:
+                summary["closed_tensors"] = source.closed_groups()
+        positions = top_k_positions(effective, self.nonzeros)
+        return positions, effective[positions], fit, summary
+
     def _stage1_groups(self, source: nn.Module, head: nn.Module) -> list[dict]:
         config, fused = self.config, _fused(self.device)
         groups = [{"params": [source.diff_w], "lr": config.learning_rate, "weight_decay": 0.0, **fused}]
@@ -436,11 +450,11 @@ class DiffPruningMethod(Method):
                            "weight_decay": 0.0, **fused})
         return groups + decay_groups(head.named_parameters(), self.head_lr(), config.weight_decay)
 
-    def _penalty(self, source: nn.Module):
+    def _extra_loss(self, source: nn.Module):
         if not isinstance(source, GatedDiff) or self.config.l0_penalty == 0:
             return None
         strength = self.config.l0_penalty
-        return lambda: strength * source.expected_l0()
+        return lambda: strength * source.step_penalty()
 
     # -------------------------------------------------------------------------------------- storage
     def _payload(self, positions: torch.Tensor, values: torch.Tensor, head: nn.Module,

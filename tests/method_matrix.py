@@ -10,7 +10,7 @@ MATRIX = [
     ("last_layer", {"k": 2}),
     ("linear_probe", {}),
     ("diff_pruning", {}),
-    ("diff_pruning", {"structured_penalty": "additive", "value_dtype": "float16"}),
+    ("diff_pruning", {"structured_penalty": "product", "value_dtype": "float16"}),
     ("diff_pruning_unstructured", {}),
     ("diff_pruning_nonadaptive", {}),
 ]

@@ -254,7 +254,7 @@ def _record_fits(method: Method) -> list[dict]:
 
 
 @pytest.mark.parametrize("name,options,log_alphas", [
-    ("diff_pruning", {}, 2), ("diff_pruning", {"structured_penalty": "additive"}, 2),
+    ("diff_pruning", {}, 2), ("diff_pruning", {"structured_penalty": "product"}, 2),
     ("diff_pruning_unstructured", {}, 1), ("diff_pruning_nonadaptive", {}, 0)])
 def test_stages_train_what_the_variant_says(name, options, log_alphas, tiny_backbone, glue_dir):
     method = build_method(name, {**OPTIONS, **options}, tiny_backbone)
@@ -332,7 +332,7 @@ def test_functional_encoder_leaves_the_shared_encoder_mode_alone(tiny_backbone):
 @pytest.mark.parametrize("cls,options,message", [
     (DiffPruningConfig, {"variant": "structurd"}, "Did you mean 'structured'"),
     (DiffPruningConfig, {"structured_penalty": "sum"}, "structured_penalty must be one of"),
-    (DiffPruningConfig, {"variant": "unstructured", "structured_penalty": "additive"}, "only to variant='structured'"),
+    (DiffPruningConfig, {"variant": "unstructured", "structured_penalty": "product"}, "only to variant='structured'"),
     (DiffPruningConfig, {"target_density": 0.0}, "target_density must be > 0"),
     (DiffPruningConfig, {"target_density": 1.5}, "target_density must be <= 1"),
     (DiffPruningConfig, {"finetune_fraction": 1.0}, "finetune_fraction must be < 1"),

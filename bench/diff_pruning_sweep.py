@@ -13,13 +13,20 @@ pruning on a real GLUE task, writes the artifact, rebuilds the model from it and
 (GLUE validation). Reported per configuration: the stage-1 density (nonzero fraction of the effective
 diff under the deterministic gate, before projection), the expected density sum P(z != 0) / N, the dev
 score after stage 3, the test score, and the artifact's bytes against its lower bound. Every option that
-matters is spelled out per configuration, so results do not depend on the current defaults.
+matters is spelled out per configuration (except ``chosen``, the current defaults), so results do not
+depend on the defaults.
 
-Run (1 torch thread; the defaults below take about 20 CPU-minutes for sst2 and 10 for rte):
+Run (1 torch thread, about 2-3 CPU-minutes per configuration on sst2). The committed results
+(bench/results/diff_pruning_sweep.md) were made by the commands listed in that file, in five runs,
+then merged with ``--combine``; for example:
 
     HF_HUB_OFFLINE=1 python bench/diff_pruning_sweep.py --tasks sst2 --out bench/results/diff_pruning_sweep_sst2
-    HF_HUB_OFFLINE=1 python bench/diff_pruning_sweep.py --tasks rte --configs paper,chosen,nonadaptive \\
-        --out bench/results/diff_pruning_sweep_rte
+    HF_HUB_OFFLINE=1 python bench/diff_pruning_sweep.py --tasks rte --configs chosen,nonadaptive,full,linear_probe \\
+        --run-dir /tmp/taskstream-diff-pruning-sweep-rte --out bench/results/diff_pruning_sweep_rte
+    python bench/diff_pruning_sweep.py --combine bench/results/diff_pruning_sweep_sst2*.json \\
+        --out bench/results/diff_pruning_sweep
+
+"chosen" is the configuration of the defaults at the time of the run (every option is recorded).
 """
 
 from __future__ import annotations
@@ -96,28 +103,57 @@ def summarise(run_dir: Path, task: str, labels: dict[str, str]) -> list[dict]:
     return out
 
 
-def markdown(task: str, rows: list[dict], info: dict) -> str:
-    lines = [f"# Diff pruning sweep: {task}, {info['backbone']}", "", f"Command: `{info['command']}`", "",
-             f"Budget: {info['budget']}. Seed {info['seed']}, 1 torch thread, {info['started']}; "
-             f"{info['cpu_minutes']:.1f} CPU-minutes. Stage-1 density: nonzero fraction of the effective diff "
-             "under the deterministic gate before projection (expected: sum P(z != 0) / N). Dev: best dev score "
-             "after stage 3; test: GLUE validation, scored on the model rebuilt from the artifact.", "",
-             "| config | lambda | alpha eps | alpha lr | w lr | stage-1 density | expected | closed tensors "
-             "| stage-1 dev | dev | test | artifact bytes | / bound |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+TABLE_NOTE = ("Stage-1 density: nonzero fraction of the effective diff under the deterministic gate before "
+              "projection (expected: sum P(z != 0) / N). Dev: best dev score after stage 3; test: GLUE validation, "
+              "scored on the model rebuilt from the artifact. Penalty: the structured penalty form.")
+
+
+def table(rows: list[dict]) -> list[str]:
+    """Markdown table lines, every option that matters spelled out per row."""
     def cell(value, spec: str) -> str:
         return "n/a" if value is None else format(value, spec)
 
+    lines = ["| config | variant | penalty | lambda | alpha eps | alpha lr | w lr | fixed-mask lr | head lr "
+             "| stage-1 density | expected | closed tensors | stage-1 dev | dev | test | artifact bytes | / bound |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         o = r["options"]
         bound = r["lower_bound_bytes"]
-        lines.append(f"| {r['config']} ({r['method']}) | {cell(o.get('l0_penalty'), 'g')} | "
+        variant = o.get("variant", r["method"])
+        penalty = o.get("structured_penalty") if variant == "structured" else None
+        lines.append(f"| {r['config']} | {variant} | {penalty or 'n/a'} | {cell(o.get('l0_penalty'), 'g')} | "
                      f"{cell(o.get('alpha_eps'), 'g')} | {cell(o.get('alpha_learning_rate'), 'g')} | "
-                     f"{o['learning_rate']:g} | {cell(r['stage1_density'], '.3f')} | "
+                     f"{o['learning_rate']:g} | {cell(o.get('finetune_learning_rate'), 'g')} | "
+                     f"{cell(o.get('head_learning_rate'), 'g')} | {cell(r['stage1_density'], '.3f')} | "
                      f"{cell(r['stage1_expected_density'], '.3f')} | {r['closed_tensors']} | "
                      f"{cell(r['stage1_dev'], '.1f')} | {r['dev']:.1f} | {r['test']:.1f} | {r['artifact_bytes']:,} | "
                      f"{cell(r['artifact_bytes'] / bound if bound else None, '.3f')} |")
+    return lines
+
+
+def markdown(task: str, rows: list[dict], info: dict) -> str:
+    lines = [f"# Diff pruning sweep: {task}, {info['backbone']}", "", f"Command: `{info['command']}`", "",
+             f"Budget: {info['budget']}. Seed {info['seed']}, 1 torch thread, {info['started']}; "
+             f"{info['cpu_minutes']:.1f} CPU-minutes. {TABLE_NOTE}", "", *table(rows)]
     return "\n".join(lines) + "\n"
+
+
+def combine(paths: list[Path], out: Path) -> str:
+    """One table from several runs' JSON results (rows labelled by the file they come from)."""
+    rows, sources = [], []
+    for path in paths:
+        data = json.loads(path.read_text())
+        info = data["info"]
+        sources.append(f"- `{path.name}`: `{info['command']}` ({info['started']}, {info['cpu_minutes']:.1f} "
+                       "CPU-minutes)")
+        rows += [{**row, "config": f"{row['config']} ({path.stem})"} for row in data["rows"]]
+        budget, seed, backbone = info["budget"], info["seed"], info["backbone"]
+    text = "\n".join([f"# Diff pruning sweep, combined: {backbone}", "",
+                      f"Budget: {budget}. Seed {seed}, 1 torch thread. {TABLE_NOTE} Made with "
+                      f"`python bench/diff_pruning_sweep.py --combine {' '.join(str(p) for p in paths)} "
+                      f"--out {out}` from:", "", *sources, "", *table(rows)]) + "\n"
+    out.with_suffix(".md").write_text(text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,7 +171,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-dir", type=Path, default=Path("/tmp/taskstream-diff-pruning-sweep"),
                         help="where the runs' artifacts and ledgers go (resumable)")
     parser.add_argument("--out", type=Path, default=None, help="write <out>.md and <out>.json")
+    parser.add_argument("--combine", type=Path, nargs="+", default=None,
+                        help="instead of running, merge these result JSON files into one table at <out>.md")
     args = parser.parse_args(argv)
+    if args.combine:
+        if args.out is None:
+            parser.error("--combine needs --out")
+        print(combine(args.combine, args.out))
+        return
     unknown = sorted(set(args.configs.split(",")) - set(CONFIGS))
     if unknown:
         parser.error(f"unknown config(s) {', '.join(unknown)}; known: {', '.join(CONFIGS)}")

@@ -72,6 +72,9 @@ References on the same data: full finetuning 78.2, linear probe 65.5.
   size: it is the default, and ``"product"`` stays available.
 - ``head_learning_rate=1e-3``: linear heads on MiniLM's mean-pooled features need ~1e-3
   (bench/pooling_probe.py); ``finetune_fraction=0.5``: the paper's equal split of epochs.
+- Together (structured, additive, the defaults): test 80.7 (dev 80) against full finetuning's 78.2
+  (dev 83), with 0.5% of the backbone's parameters per task in a 581 KB artifact (full: 90 MB). One
+  seed and 872 test sentences: differences of 1-2 points are noise. The whole sweep took 29 CPU-minutes.
 
 Memory and speed (autograd throughout, no hand-written gradients, no per-parameter loops in the step):
 ``w`` and ``log_alpha`` are one flat (N,) tensor each; the task weights are built out of place from the

@@ -81,9 +81,9 @@ Memory and speed (autograd throughout, no hand-written gradients, no per-paramet
 shared backbone tensors with one multi-tensor add (:class:`~methods.flat_params.FlatLayout`) and run
 through ``torch.func.functional_call``, so the backbone is never copied while training; a gate sample
 costs one (N,) allocation and autograd keeps two (N,) tensors for it; the expected-L0 penalty is built
-before the encoder runs and checkpointed, so nothing (N,)-sized waits for its backward; the flat tensors
-use the fused AdamW kernel (about 5x faster than the default on CPU) and their gradients are released
-right after each optimizer step. Stage 3 trains only the k values. bench/step_cost.py measures step time
+before the encoder runs and checkpointed, so nothing (N,)-sized waits for its backward; the shared loop
+uses the fused AdamW kernel (about 5x faster than the default on CPU) and releases gradients right after
+each optimizer step. Stage 3 trains only the k values. bench/step_cost.py measures step time
 and peak memory against full finetuning (results in bench/results/step_cost.md).
 """
 
@@ -392,11 +392,6 @@ def _budget_steps(arrival) -> int:
     return budget.epochs * max(1, math.ceil(len(arrival.train) / budget.batch_size))
 
 
-def _fused(device: torch.device) -> dict[str, bool]:
-    """Use the fused AdamW kernel for the flat tensors where torch has one (5x faster than foreach on CPU)."""
-    return {"fused": True} if device.type in ("cpu", "cuda") else {}
-
-
 def _combine_fits(first: FitResult, second: FitResult | None) -> FitResult:
     """One FitResult for the sidecar: stage 3's model selection, with stage 1's history before it."""
     if second is None:
@@ -462,7 +457,7 @@ class DiffPruningMethod(Method):
         model = TaskModel(DiffEncoder(self.backbone.encoder, self.layout, source), head, self.backbone.pooling)
         fit = self.fit(model, self._stage1_groups(source, head), arrival, progress=progress,
                        desc=f"{label} {'L0' if adaptive else 'dense'}", max_steps=steps,
-                       extra_loss=self._extra_loss(source), after_step=_release_grads(source))
+                       extra_loss=self._extra_loss(source))
         effective = effective_diff(source, self.layout)  # (N,)
         nonzero = int(torch.count_nonzero(effective))
         if nonzero < self.nonzeros:
@@ -478,12 +473,12 @@ class DiffPruningMethod(Method):
         return positions, effective[positions], fit, summary
 
     def _stage1_groups(self, source: nn.Module, head: nn.Module) -> list[dict]:
-        config, fused = self.config, _fused(self.device)
-        groups = [{"params": [source.diff_w], "lr": config.learning_rate, "weight_decay": 0.0, **fused}]
+        config = self.config
+        groups = [{"params": [source.diff_w], "lr": config.learning_rate, "weight_decay": 0.0}]
         if isinstance(source, GatedDiff):
             alphas = [source.diff_log_alpha] + ([source.diff_group_log_alpha] if source.structured else [])
             groups.append({"params": alphas, "lr": config.alpha_learning_rate, "eps": config.alpha_eps,
-                           "weight_decay": 0.0, **fused})
+                           "weight_decay": 0.0})
         return groups + decay_groups(head.named_parameters(), self.head_lr(), config.weight_decay)
 
     def _extra_loss(self, source: nn.Module):
@@ -545,17 +540,6 @@ class DiffPruningMethod(Method):
 
     def load(self, artifact, task) -> TaskModel:
         return self._model_from_tensors(artifact.tensors, artifact.meta, task)
-
-
-def _release_grads(source: nn.Module):
-    """An after-step hook freeing the flat tensors' gradients (the shared loop frees them only later)."""
-    params = list(source.parameters())
-
-    def release(step: int) -> None:
-        for param in params:
-            param.grad = None
-
-    return release
 
 
 @register_method

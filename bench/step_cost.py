@@ -18,10 +18,24 @@ builds the method, replaces its ``fit`` (the funnel every method's training goes
 evaluated only at the start and end) and timestamps each step from the loop's ``after_step`` hook; at
 each stage start it resets the kernel's peak-RSS counter (``/proc/self/clear_refs``, Linux). So each
 method is measured with exactly the model, parameter groups, extra loss and hooks it trains with, without
-any per-method code here; a method whose training bypasses ``Method.fit`` is reported as not measured.
+any per-method code here (the Avalanche methods, which bypass ``Method.fit``, are timed from their strategy;
+see below); a method whose training reaches neither is reported as not measured.
 After ``train`` returns, the artifact is written and read back with the real store and its rebuilt
 model is timed on ``--eval-examples`` rows. Peak memory on CPU is the RSS: it counts what the process
 really holds (allocator slack included), which torch's own allocation counters would not.
+
+The continual-learning baselines (``sequential``, ``ewc``, ``lwf``, ``replay``) train through Avalanche
+strategies, not ``Method.fit``: for them the child timestamps each step from the strategy's own
+:class:`methods.avalanche_strategies.FitControl` plugin (``after_training_iteration``, before its dev
+evaluation) and resets the peak-RSS counter in its ``before_training_exp``, so they are measured on their
+real path (Avalanche's loop, data loader and plugins). Their per-step cost depends on what they carry from
+earlier tasks (EWC's penalty, LwF's teacher forward, Replay's buffered half of every minibatch), so each is
+first primed with an untimed one-step arrival of another task, stored and read back with the real store, and
+the timed arrival continues from that artifact as it would in a stream.
+
+Besides the per-step numbers, every method's whole ``train`` call is timed: ``train() s`` minus the time of
+its stages' steps is what a task costs outside the optimizer steps (copying the backbone, diff pruning's
+projection, EWC's importance pass over the task's rows, building the payload).
 
 Machine load matters: ratios come from one run, and each method's steps run back to back; repeat with
 ``--rounds`` to interleave methods when the machine is shared.
@@ -36,6 +50,7 @@ Run (real model, about 10-20 minutes on 2 shared cores):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -56,7 +71,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: import the repo'
 
 import torch  # noqa: E402
 
-from methods.base import Method, build_method, registered_methods  # noqa: E402
+from methods.base import Method, Sharing, build_method, registered_methods  # noqa: E402
 from methods.training import evaluate  # noqa: E402
 from stream.config import MethodSpec  # noqa: E402
 from stream.scenario import Arrival, Budget  # noqa: E402
@@ -65,6 +80,8 @@ from stream.tasks import get_task  # noqa: E402
 from stream.tokenization import TokenizedSplit  # noqa: E402
 
 REFERENCE = "full"
+# The task of the untimed first arrival that evolving methods continue from (any task other than rte).
+PRIMING_TASK = "mrpc"
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -162,6 +179,61 @@ def load_bench_backbone(args):
 
 
 # ------------------------------------------------------------------------------------- measurement
+def _stage_record(name: str, trainable: int, start: tuple[float, float], stamps: list[tuple[float, float]],
+                  warmup: int, baseline: float, start_rss: float, can_reset: bool) -> dict:
+    """One stage's numbers from its start and per-step (wall, CPU) stamps; the first ``warmup`` are untimed."""
+    timed = list(zip(stamps[warmup - 1:], stamps[warmup:]))
+    durations = [b[0] - a[0] for a, b in timed]
+    cpu = [b[1] - a[1] for a, b in timed]
+    return {
+        "stage": None, "name": name, "trainable_params": trainable, "steps_run": len(stamps),
+        "stage_step_seconds": (stamps[-1][0] - start[0]) if stamps else 0.0,
+        "step_seconds": statistics.median(durations), "step_seconds_all": durations,
+        "step_cpu_seconds": statistics.median(cpu), "step_cpu_seconds_all": cpu,
+        "peak_rss_mib": peak_rss_mib() if can_reset else None, "start_rss_mib": start_rss,
+        "peak_above_baseline_mib": (peak_rss_mib() - baseline) if can_reset else None,
+    }
+
+
+def _prime_evolving(method: Method, arrival: Arrival, args, store: ArtifactStore):
+    """An untimed one-step arrival of another task, stored and read back: the measured arrival's ``previous``."""
+    budget = dataclasses.replace(arrival.budget, max_steps=1)
+    first = dataclasses.replace(arrival, step=1, task=get_task(PRIMING_TASK), budget=budget)
+    trained = method.train(first)
+    key = ArtifactKey(method.name, 1, PRIMING_TASK)
+    store.write(key, trained.payload.tensors, {"meta": trained.payload.meta, "new_params": trained.payload.new_params,
+                                               "lower_bound_bits": None, "fit": trained.fit.to_dict()})
+    del trained
+    return store.read(key)
+
+
+def _instrument_avalanche(stages: list[dict], args, baseline: float) -> None:
+    """Time the steps of an Avalanche strategy from its FitControl plugin (see the module docstring)."""
+    from methods.avalanche_strategies import STRATEGIES, FitControl
+
+    state: dict = {}
+    original_before, original_after = FitControl.before_training_exp, FitControl.after_training_iteration
+
+    def before_training_exp(self, strategy, **kwargs):
+        original_before(self, strategy, **kwargs)
+        state.update(stamps=[], can_reset=reset_peak_rss(), start_rss=rss_mib(),
+                     start=(time.perf_counter(), time.process_time()),
+                     trainable=sum(p.numel() for p in strategy.model.parameters() if p.requires_grad))
+
+    def after_training_iteration(self, strategy, **kwargs):
+        state["stamps"].append((time.perf_counter(), time.process_time()))  # before its dev evaluation
+        original_after(self, strategy, **kwargs)
+        if self.step == self.total_steps and state.get("measure"):
+            name = next(k for k, v in STRATEGIES.items() if isinstance(strategy, v))
+            stages.append(_stage_record(f"train (Avalanche {name})", state["trainable"],
+                                        state["start"], state["stamps"], args.warmup, baseline,
+                                        state["start_rss"], state["can_reset"]))
+
+    FitControl.before_training_exp = before_training_exp
+    FitControl.after_training_iteration = after_training_iteration
+    return state
+
+
 def measure_method(spec: MethodSpec, backbone, arrival: Arrival, args) -> dict:
     """Train ``spec`` with every stage cut to warm-up + timed steps; time, memory, artifact, eval speed."""
     torch.set_num_threads(args.threads)
@@ -183,30 +255,37 @@ def measure_method(spec: MethodSpec, backbone, arrival: Arrival, args) -> dict:
         overrides.update(max_steps=measured_steps, eval_every_steps=10**9, after_step=after_step)
         can_reset = reset_peak_rss()
         start_rss = rss_mib()
+        start = (time.perf_counter(), time.process_time())
         result = Method.fit(method, model, groups, arrival_, progress=False, desc=desc, **overrides)
-        timed = list(zip(stamps[args.warmup - 1:], stamps[args.warmup:]))
-        durations = [b[0] - a[0] for a, b in timed]
-        cpu = [b[1] - a[1] for a, b in timed]
         prefix = f"{method.name} {arrival_.step}:{arrival_.task.name}"
-        stages.append({
-            "stage": len(stages) + 1, "name": (desc or prefix).removeprefix(prefix).strip() or "train",
-            "trainable_params": sum(p.numel() for g in groups for p in g["params"]),
-            "step_seconds": statistics.median(durations), "step_seconds_all": durations,
-            "step_cpu_seconds": statistics.median(cpu), "step_cpu_seconds_all": cpu,
-            "peak_rss_mib": peak_rss_mib() if can_reset else None, "start_rss_mib": start_rss,
-            "peak_above_baseline_mib": (peak_rss_mib() - baseline) if can_reset else None,
-        })
+        stages.append(_stage_record((desc or prefix).removeprefix(prefix).strip() or "train",
+                                    sum(p.numel() for g in groups for p in g["params"]), start, stamps,
+                                    args.warmup, baseline, start_rss, can_reset))
         return result
 
     method.fit = measured_fit  # the one funnel of every method's training (see the module docstring)
-    trained = method.train(arrival)
-    bound_bits = trained.payload.lower_bound_bits
-    out = {"method": spec.resolved_label, "name": spec.name, "options": dict(spec.options),
-           "baseline_rss_mib": baseline, "stages": stages,
-           "lower_bound_bytes": None if bound_bits is None else bound_bits / 8}
+    evolving = method.sharing is Sharing.EVOLVING
     with tempfile.TemporaryDirectory() as tmp:
         store = ArtifactStore(Path(tmp))
-        key = ArtifactKey(spec.resolved_label, 1, arrival.task.name)
+        previous = None
+        if evolving:
+            avalanche = _instrument_avalanche(stages, args, baseline)
+            previous = _prime_evolving(method, arrival, args, store)
+            avalanche["measure"] = True
+        measured = dataclasses.replace(arrival, step=2) if evolving else arrival
+        start, start_cpu = time.perf_counter(), time.process_time()
+        trained = method.train(measured, previous=previous)
+        train_seconds, train_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        for number, stage in enumerate(stages, 1):
+            stage["stage"] = number
+        bound_bits = trained.payload.lower_bound_bits
+        out = {"method": spec.resolved_label, "name": spec.name, "options": dict(spec.options),
+               "sharing": method.sharing.value, "baseline_rss_mib": baseline, "stages": stages,
+               "train_seconds": train_seconds, "train_cpu_seconds": train_cpu,
+               "train_outside_steps_seconds": train_seconds - sum(s["stage_step_seconds"] for s in stages),
+               "primed_with": PRIMING_TASK if evolving else None,
+               "lower_bound_bytes": None if bound_bits is None else bound_bits / 8}
+        key = ArtifactKey(spec.resolved_label, measured.step, arrival.task.name)
         record = store.write(key, trained.payload.tensors, {
             "meta": trained.payload.meta, "new_params": trained.payload.new_params,
             "lower_bound_bits": bound_bits, "fit": trained.fit.to_dict()})
@@ -264,7 +343,8 @@ def merge_rounds(rounds: list[dict]) -> dict:
                        "peak_rss_mib": max(peaks) if peaks else None,
                        "peak_above_baseline_mib": max(above) if above else None})
     first["stages"] = stages
-    for key in ("eval_examples_per_second", "eval_examples_per_cpu_second"):
+    for key in ("eval_examples_per_second", "eval_examples_per_cpu_second", "train_seconds", "train_cpu_seconds",
+                "train_outside_steps_seconds"):
         first[key] = statistics.median(r[key] for r in rounds)
     return first
 
@@ -301,24 +381,28 @@ def markdown(results: list[dict], info: dict) -> str:
              "step (user + system), less sensitive to other processes on a shared machine. Peak: the process's "
              "peak RSS during the stage; above base: that minus the RSS with the backbone and data loaded, "
              "before the method was built. Eval: examples/s of the model rebuilt from the artifact (wall, and "
-             "per CPU second). The artifacts come from stages cut to a few steps with a 2-row dev split, so "
+             "per CPU second). train() s: the whole train call (all stages, warm-up included); outside steps: "
+             "that minus its stages' step time (setup, projection, EWC's importance pass, payload). Evolving "
+             f"methods (Avalanche strategies) are timed on a second arrival, continuing from a one-step "
+             f"`{PRIMING_TASK}` arrival, so their penalties, teachers and replay buffers are active. The artifacts come from stages cut to a few steps with a 2-row dev split, so "
              "their sizes are real files but not trained ones (a sparse diff whose stage 1 kept its initial state "
              "has clustered positions); trained artifacts are measured by bench/diff_pruning_sweep.py.", "",
              "| method | stage | trainable params | wall s | x | CPU s | x | peak MiB | x | above base MiB | x "
-             "| eval ex/s | ex/CPU s | x | artifact bytes | / lower bound |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    empty = " |" * 14
+             "| eval ex/s | ex/CPU s | x | artifact bytes | / lower bound | train() s | outside steps s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    empty = " |" * 16
     for r in results:
         if "error" in r:
             lines.append(f"| {r['method']} | error: {r['error'].splitlines()[0]} |{empty}")
             continue
         if not r["stages"]:
-            lines.append(f"| {r['method']} | not measured: trains outside Method.fit |{empty}")
+            lines.append(f"| {r['method']} | not measured: trains outside Method.fit and FitControl |{empty}")
         bound = r.get("lower_bound_bytes")
         for i, s in enumerate(r["stages"]):
             tail = (f"{r['eval_examples_per_second']:.1f} | {r['eval_examples_per_cpu_second']:.1f} | "
                     f"{_fmt(r.get('eval_cpu_ratio'), '.2f')} | {r['artifact_bytes']:,} | "
-                    f"{_fmt(r['artifact_bytes'] / bound if bound else None, '.3f')}" if i == 0 else " | | | |")
+                    f"{_fmt(r['artifact_bytes'] / bound if bound else None, '.3f')} | {r['train_seconds']:.1f} | "
+                    f"{r['train_outside_steps_seconds']:.1f}" if i == 0 else " | | | | | |")
             lines.append(f"| {r['method'] if i == 0 else ''} | {s['stage']}: {s['name']} | {s['trainable_params']:,} | "
                          f"{s['step_seconds']:.2f} | {_fmt(s['step_ratio'], '.2f')} | {s['step_cpu_seconds']:.2f} | "
                          f"{_fmt(s['step_cpu_ratio'], '.2f')} | {_fmt(s['peak_rss_mib'], '.0f')} | "

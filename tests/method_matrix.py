@@ -14,7 +14,7 @@ MATRIX = [
     ("lora", {}),
     ("lora", {"rank": 4, "target_modules": "query+key+value+attention.output.dense"}),
     ("masking", {}),
-    ("masking", {"entropy_coded": True}),
+    ("masking", {"entropy_coded": False}),
     ("masking", {"train_head": False}),
     ("bitfit", {}),
     ("sequential", {}),

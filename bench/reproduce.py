@@ -1,0 +1,244 @@
+"""The diff pruning paper's Table 1 comparison, reproduced on offline GLUE with the bundled MiniLM: one command.
+
+    python bench/reproduce.py                       # run (or resume) the study, then write the results
+    python bench/reproduce.py --tables-only         # only (re)write the results from the study directory
+
+1. Runs ``taskstream sweep bench/studies/reproduction.toml --study-dir runs/reproduction --data-dir
+   ../shared/glue --workers 2 --threads 1`` in a subprocess (sweeps resume: a re-launch skips finished runs
+   and continues an interrupted one after its last completed task), timing its wall and CPU time.
+2. Copies the study directory to ``bench/results/reproduction/`` without the ``.safetensors`` tensor files
+   (spec, ``study.json``, launches, status, and per run its config, versions, ledger, log and artifact
+   sidecars: everything the tables and figures are drawn from) and writes the study report there
+   (``report.md``, ``report.html``, ``figures/``: score vs tasks, storage, Pareto, placement).
+3. Writes ``table1.md`` / ``table1.json``: the paper's Table 1 shape (score per task, average, new
+   parameters per task in %, the total-parameter multiplier for the five tasks) plus true bytes per task and
+   cumulative bytes, each mean ± sample sd over the seeds, beside the paper's numbers (BERT-large, GLUE test
+   server, from DESIGN.md), and the wall time each method's runs took.
+
+Everything in step 3 is computed from the copied files alone, so ``--tables-only`` redraws it at any time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from anywhere: import the repo's packages
+    sys.path.insert(0, str(REPO))
+
+import pandas as pd  # noqa: E402
+
+from analysis.study_report import pm, pm_bytes, summary_stats_table, write_study_report  # noqa: E402
+from analysis.tables import final_stats, final_table, load_ledger, read_study  # noqa: E402
+
+# The paper's Table 1 (Guo, Rush & Kim 2021; BERT-large, GLUE test server, nine tasks), as DESIGN.md quotes it:
+# average score and new parameters per task (%). None: not in that table (BitFit reports GLUE dev 84.2 vs
+# diff pruning 84.6 vs full finetuning 84.8 in its own paper; LoRA, masking and the linear probe are not in it).
+PAPER = {
+    "full": (80.6, 100.0), "adapters": (80.4, 3.6), "diff_pruning": (80.6, 0.5),
+    "diff_pruning_unstructured": (79.4, 0.5), "diff_pruning_nonadaptive": (75.5, 0.5),
+    "last_layer-k1": (68.2, 3.8),
+}
+DEFAULT_SPEC = REPO / "bench" / "studies" / "reproduction.toml"
+DEFAULT_STUDY_DIR = REPO / "runs" / "reproduction"
+DEFAULT_OUT = REPO / "bench" / "results" / "reproduction"
+SKIPPED_SUFFIXES = (".safetensors",)
+SKIPPED_NAMES = (".lock",)
+
+
+def default_data_dir() -> Path | None:
+    if os.environ.get("TASKSTREAM_DATA_DIR"):
+        return Path(os.environ["TASKSTREAM_DATA_DIR"])
+    return next((p / "shared" / "glue" for p in REPO.parents if (p / "shared" / "glue").is_dir()), None)
+
+
+def run_sweep(args) -> dict:
+    """Run (or resume) the study in a subprocess; its wall time and the CPU time of its process tree."""
+    command = [sys.executable, "-m", "stream.cli", "sweep", str(args.spec), "--study-dir", str(args.study_dir),
+               "--workers", str(args.workers), "--threads", str(args.threads), "--no-report"]
+    if args.data_dir is not None:
+        command += ["--data-dir", str(args.data_dir)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    print("$ " + " ".join(command), flush=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start, load_before = time.perf_counter(), os.getloadavg()
+    returncode = subprocess.call(command, cwd=REPO, env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"command": command, "returncode": returncode, "wall_seconds": time.perf_counter() - start,
+            "cpu_seconds": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+            "load_before": load_before, "load_after": os.getloadavg(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def copy_study(study_dir: Path, out: Path) -> None:
+    """Copy the study directory without tensor files (they stay in the study directory)."""
+    if out.exists():
+        for child in out.iterdir():
+            if child.name in ("runs", "status") and child.is_dir():
+                shutil.rmtree(child)
+    shutil.copytree(study_dir, out, dirs_exist_ok=True,
+                    ignore=lambda _, names: [n for n in names if n.endswith(SKIPPED_SUFFIXES) or n in SKIPPED_NAMES])
+
+
+def _times(iso: str) -> float:
+    return time.mktime(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S"))
+
+
+def study_timing(study_dir: Path) -> dict:
+    """Wall time of the study from its own records: launches, and each run's status (seconds, end time)."""
+    launches = [json.loads(line) for line in (study_dir / "launches.jsonl").read_text().splitlines() if line.strip()]
+    statuses = [json.loads(p.read_text()) for p in sorted((study_dir / "status").glob("*.json"))]
+    done = [s for s in statuses if s.get("state") == "done" and "seconds" in s]
+    first = min(_times(line["time"]) for line in launches)
+    last = max((_times(s["time"]) for s in done), default=first)
+    return {"launches": len(launches), "first_launch": launches[0]["time"], "last_run_done": max(
+        (s["time"] for s in done), default=None), "span_seconds": last - first,
+            "run_seconds_total": sum(s["seconds"] for s in done), "runs_done": len(done), "runs": len(statuses),
+            "workers": launches[-1].get("workers"), "threads": launches[-1].get("threads"),
+            "versions": launches[-1].get("versions", {})}
+
+
+def method_seconds(table: pd.DataFrame) -> pd.DataFrame:
+    """Per method: ledger wall seconds per run (train, eval, all phases), mean over its runs."""
+    steps = table.drop_duplicates(["run", "method", "step"])
+    phases = pd.DataFrame(list(steps["seconds"]), index=steps.index)
+    phases[["run", "method"]] = steps[["run", "method"]]
+    per_run = phases.groupby(["method", "run"], sort=False).sum(numeric_only=True)
+    return per_run.groupby(level="method", sort=False).mean()
+
+
+def paper_table(table: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """Table 1's shape with ± over seeds, the paper's columns, and the per-method records for JSON."""
+    shown = summary_stats_table(table)
+    stats = final_stats(table).set_index("method")
+    final = final_table(table)
+    bound = final.groupby("method", sort=False)["bytes_vs_bound"].mean()
+    seconds = method_seconds(table)
+    full_avg = stats.loc["full", "average"] if "full" in stats.index else float("nan")
+    shown.insert(shown.columns.get_loc("GLUE avg") + 1, "Δ vs full",
+                 [f"{stats.loc[m, 'average'] - full_avg:+.1f}" for m in shown["method"]])
+    shown["bytes / bound"] = [f"{bound[m]:.3f}" if pd.notna(bound.get(m)) else "n/a" for m in shown["method"]]
+    shown["train s / run"] = [f"{seconds.loc[m, 'train']:.0f}" for m in shown["method"]]
+    shown["paper avg (9 tasks)"] = [f"{PAPER[m][0]:.1f}" if m in PAPER else "" for m in shown["method"]]
+    shown["paper new params / task"] = [f"{PAPER[m][1]:g}%" if m in PAPER else "" for m in shown["method"]]
+    records = []
+    tasks = [c for c in shown.columns if c in set(table["eval_task"])]
+    for method in shown["method"]:
+        row = stats.loc[method]
+        records.append({
+            "method": method, "runs": int(row["n"]),
+            "scores": {t: {"mean": row[t], "sd": row[f"{t}_std"]} for t in tasks},
+            "average": {"mean": row["average"], "sd": row["average_std"]},
+            "delta_vs_full": row["average"] - full_avg,
+            "new_params_per_task_pct": {"mean": row["new_params_per_task_pct"],
+                                        "sd": row["new_params_per_task_pct_std"]},
+            "total_params_multiplier": {"mean": row["total_params_multiplier"],
+                                        "sd": row["total_params_multiplier_std"]},
+            "bytes_per_task": {"mean": row["bytes_per_task"], "sd": row["bytes_per_task_std"]},
+            "cumulative_bytes": {"mean": row["total_bytes"], "sd": row["total_bytes_std"]},
+            "bytes_vs_lower_bound": None if pd.isna(bound.get(method)) else float(bound[method]),
+            "seconds_per_run": {k: float(v) for k, v in seconds.loc[method].items()},
+            "paper": None if method not in PAPER else {"average": PAPER[method][0],
+                                                       "new_params_per_task_pct": PAPER[method][1]},
+        })
+    return shown, records
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(frame.columns))) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def ranking(records: list[dict]) -> str:
+    ordered = sorted(records, key=lambda r: -r["average"]["mean"])
+    return " > ".join(f"{r['method']} {pm(r['average']['mean'], r['average']['sd'])}" for r in ordered)
+
+
+def write_tables(out: Path, sweep: dict | None) -> dict:
+    table = load_ledger(out)
+    shown, records = paper_table(table)
+    timing = study_timing(out)
+    study = read_study(out)
+    budget = study["runs"][0]["config"]["budget"]
+    seeds = sorted({r["seed"] for r in study["runs"]})
+    n_tasks = len(set(table["eval_task"]))
+    versions = {k: v for k, v in timing["versions"].items() if k in (
+        "python", "platform", "torch", "transformers", "peft", "avalanche-lib", "numpy", "safetensors")}
+    lines = [
+        f"# Table 1 of the diff pruning paper, reproduced on MiniLM ({study['name']})", "",
+        f"{n_tasks} GLUE tasks in the given order ({' > '.join(study['runs'][0]['order'])}), "
+        f"backbone `{study['runs'][0]['config']['backbone']}` (6 layers, hidden 384, "
+        f"{int(table['backbone_params'].iloc[0]):,} parameters), seeds {seeds}; every method at its defaults "
+        f"with the same budget: {budget['max_train_examples']} training examples, {budget['epochs']} epochs of "
+        f"batch {budget['batch_size']}, length {budget['max_seq_length']}, dev {budget['max_dev_examples']} rows "
+        f"carved from train, test = GLUE validation capped at {budget['max_eval_examples']} rows. Scores x100 "
+        "from models rebuilt from the stored files; ± is the sample sd over the seeds. New params / task and "
+        f"total params follow the paper's convention (the multiplier is for these {n_tasks} tasks; full "
+        f"finetuning shares nothing, so it is {n_tasks}x); bytes are the artifact files on disk (tensors + JSON sidecar), total "
+        "bytes include the backbone once for shared-backbone methods. bytes / bound: artifact bytes over the "
+        "ledger's information-theoretic lower bound (methods storing sparse positions or masks). train s / run: "
+        f"the ledger's training wall seconds for the {n_tasks} tasks (machine shared, see below). Paper columns: "
+        "BERT-large on the GLUE test server over nine tasks (so compare orderings and gaps, not levels).", "",
+        _markdown_table(shown), "",
+        f"Ranking by average: {ranking(records)}", "",
+        "## Command, versions and time", "",
+        "    python bench/reproduce.py", "",
+        "which runs `" + " ".join(["taskstream sweep", "bench/studies/reproduction.toml", "--study-dir",
+                                   "runs/reproduction", "--data-dir ../shared/glue", "--workers", "2",
+                                   "--threads", "1"]) + "` and writes this directory (`--tables-only` redraws "
+        "it from the files here).", "",
+        f"- study: {timing['runs_done']}/{timing['runs']} runs done in {timing['launches']} launch(es); first "
+        f"launch {timing['first_launch']}, last run done {timing['last_run_done']}: "
+        f"{timing['span_seconds'] / 3600:.2f} h wall on {timing['workers']} worker(s) x {timing['threads']} "
+        f"thread(s); the runs' own wall time sums to {timing['run_seconds_total'] / 3600:.2f} h.",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+    ]
+    if sweep is not None:
+        lines.append(f"- this launch: {sweep['wall_seconds'] / 3600:.2f} h wall, "
+                     f"{sweep['cpu_seconds'] / 3600:.2f} h CPU (process tree), load average "
+                     f"{'/'.join(f'{x:.1f}' for x in sweep['load_before'])} before, "
+                     f"{'/'.join(f'{x:.1f}' for x in sweep['load_after'])} after.")
+    lines.append("")
+    (out / "table1.md").write_text("\n".join(lines))
+    result = {"study": study["name"], "budget": budget, "seeds": seeds, "methods": records, "timing": timing,
+              "sweep": sweep}
+    (out / "table1.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    print("\n".join(lines))
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
+    parser.add_argument("--study-dir", type=Path, default=DEFAULT_STUDY_DIR,
+                        help="where the runs (with their tensor files) live (default: runs/reproduction)")
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                        help="offline GLUE (default: $TASKSTREAM_DATA_DIR, else a shared/glue folder above the repo)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (committed)")
+    parser.add_argument("--tables-only", action="store_true", help="skip the sweep; redraw from --out")
+    args = parser.parse_args(argv)
+    sweep = None
+    if not args.tables_only:
+        sweep = run_sweep(args)
+        if sweep["returncode"] != 0:
+            print(f"sweep exited with {sweep['returncode']}; writing results for the runs that finished",
+                  file=sys.stderr)
+        copy_study(args.study_dir, args.out)
+    write_study_report(args.out, args.out)
+    return write_tables(args.out, sweep)
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from analysis.scaling import extrapolate_storage, storage_crossings
+from analysis.scaling import extrapolate_storage, multiple, storage_crossings
 from analysis.tables import CONFIGURATION, DEFAULT_BUDGET, aggregate, human_bytes, pareto_mask
 
 FIGURE_DPI = 150
@@ -389,8 +389,7 @@ def plot_storage_scaling(fits: pd.DataFrame, curve_table: pd.DataFrame | None = 
             ax.plot(rows["tasks"], rows["bound_bytes"], color=style["color"], linestyle=(0, (2, 2)), linewidth=1.0,
                     alpha=0.8)
         end = rows.iloc[-1]
-        multiple = end["x_backbone"]
-        ends.append((end["bytes"], f"{multiple:,.0f}×" if multiple >= 100 else f"{multiple:.3g}×", style["color"]))
+        ends.append((end["bytes"], multiple(end["x_backbone"]), style["color"]))
         if curve_table is not None:
             measured = _rows(_with_configuration(curve_table), key).groupby("tasks_seen")["cumulative_bytes"].mean()
             ax.scatter(measured.index, measured.to_numpy(), color=style["color"], marker=style["marker"], s=22,

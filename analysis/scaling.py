@@ -142,12 +142,17 @@ def scaling_table(fits: pd.DataFrame, tasks: Iterable[int] = (10, 100, 1000)) ->
     at = extrapolate_storage(fits, tasks)
     for t in tasks:
         rows = at[at["tasks"] == t]
-        out[f"S({t})"] = [f"{human_bytes(b)} ({x:.3g}×)" for b, x in zip(rows["bytes"], rows["x_backbone"])]
+        out[f"S({t})"] = [f"{human_bytes(b)} ({multiple(x)})" for b, x in zip(rows["bytes"], rows["x_backbone"])]
     last = at[at["tasks"] == tasks[-1]]
     out[f"bound S({tasks[-1]})"] = [human_bytes(v) if np.isfinite(v) else "" for v in last["bound_bytes"]]
-    out[f"bytes / bound at {tasks[-1]}"] = [f"{b / v:.2f}" if np.isfinite(v) else ""
-                                            for b, v in zip(last["bytes"], last["bound_bytes"])]
+    out[f"S / bound at {tasks[-1]}"] = [f"{b / v:.2f}" if np.isfinite(v) else ""
+                                        for b, v in zip(last["bytes"], last["bound_bytes"])]
     return out
+
+
+def multiple(x: float) -> str:
+    """A multiple of the backbone's size as a label: ``1.04×``, ``28×``, ``1,000×``."""
+    return f"{x:,.0f}×" if x >= 100 else f"{x:.3g}×"
 
 
 def per_task_storage(table: pd.DataFrame) -> pd.DataFrame:

@@ -90,10 +90,10 @@ def test_scaling_table_lists_bytes_multiples_and_the_bound():
     table = scaling_table(_fits([("full", "standalone", 0.0, 100.0, math.nan),
                                  ("diff", "shared_backbone", 100.0, 1.0, 0.5)]), tasks=(10, 1000))
     assert list(table.columns) == ["method", "sharing", "shared", "per task", "S(10)", "S(1000)", "bound S(1000)",
-                                   "bytes / bound at 1000"]
+                                   "S / bound at 1000"]
     diff = table.set_index("method").loc["diff"]
     assert diff["S(1000)"] == "1.1 KiB (11×)" and diff["bound S(1000)"] == "600 B"
-    assert diff["bytes / bound at 1000"] == "1.83"
+    assert diff["S / bound at 1000"] == "1.83"
     assert table.set_index("method").loc["full", "bound S(1000)"] == ""
 
 

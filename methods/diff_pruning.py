@@ -38,8 +38,12 @@ Artifact: the k positions and values packed by :func:`methods.codecs.pack_sparse
 payload and one value tensor for all ~100 weight tensors, each tensor in its cheapest position code),
 plus the dense head. ``new_params`` is k + the head's parameters. ``lower_bound_bits`` is
 ``log2 C(N, k)`` for the positions plus k values at the stored precision plus the head's dense bits. The
-metadata records the nonzeros per tensor (in the codec's ``count`` column, named by parameter) and per
-layer, and what stage 1 ended at (its density under the deterministic gate, its expected density).
+metadata records the nonzeros per tensor (in the codec's ``count`` column, named by parameter, and as
+``placement``, the ``{name: [changed, total]}`` map :mod:`analysis.placement` reads) and per layer, and what
+stage 1 did: its density under the deterministic gate and its expected density at the end, the expected
+density along the way (``expected_density_trace``, at most ``TRACE_POINTS`` ``[step, density]`` pairs from
+step 0) and what the projection saw (``projection``: a histogram of log10 |diff|, the exact zeros, the
+threshold). :mod:`analysis.diff_stages` turns these into tables and figures (notebooks/02).
 
 Defaults and how they were chosen (bench/diff_pruning_sweep.py; tables in
 bench/results/diff_pruning_sweep.md). SST-2 on all-MiniLM-L6-v2, 512 training examples, 4 epochs of
@@ -116,6 +120,10 @@ VARIANTS = ("structured", "unstructured", "nonadaptive")
 STRUCTURED_PENALTIES = ("product", "additive")
 DEFAULT_STRUCTURED_PENALTY = "additive"  # see "Defaults" in the module docstring
 DIFF_KEY = "diff"  # tensor-name prefix of the packed diff: diff.positions, diff.values
+# Training diagnostics kept in the sidecar (they cost its bytes, so they are short): at most TRACE_POINTS
+# (step, expected density) pairs of stage 1, and a HISTOGRAM_BINS-bin histogram of |diff| at projection.
+TRACE_POINTS = 25
+HISTOGRAM_BINS = 40
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -379,6 +387,26 @@ def top_k_positions(values: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat([above, ties]).sort().values
 
 
+def magnitude_histogram(effective: torch.Tensor, positions: torch.Tensor,
+                        bins: int = HISTOGRAM_BINS) -> dict[str, Any]:
+    """What the projection saw: a histogram of ``log10 |diff|`` over the nonzero entries of the (N,)
+    effective diff, the number of exact zeros, and the threshold (the smallest kept magnitude) and count of
+    the kept ``positions``. ``log10_range`` is [low, high] of ``bins`` equal bins (None when all are zero)."""
+    magnitude = effective.detach().abs()
+    nonzero = magnitude[magnitude > 0]
+    kept = magnitude[positions]
+    record: dict[str, Any] = {"kept": int(positions.numel()), "zeros": int(magnitude.numel() - nonzero.numel()),
+                              "threshold": float(kept.min()) if kept.numel() else 0.0,
+                              "log10_range": None, "counts": []}
+    if nonzero.numel():
+        logs = torch.log10(nonzero.double())
+        low, high = math.floor(float(logs.min()) * 10) / 10, math.ceil(float(logs.max()) * 10) / 10
+        high = max(high, low + 0.1)
+        record["log10_range"] = [low, high]
+        record["counts"] = [int(c) for c in torch.histc(logs, bins=bins, min=low, max=high)]
+    return record
+
+
 def stage_steps(total: int, finetune_fraction: float) -> tuple[int, int]:
     """Split ``total`` training steps into (L0 stage, fixed-mask stage); each non-empty stage >= 1 step."""
     finetune = 0 if finetune_fraction == 0 else max(1, round(total * finetune_fraction))
@@ -460,9 +488,10 @@ class DiffPruningMethod(Method):
         adaptive = self.config.variant != "nonadaptive"
         source = GatedDiff(self.layout, self.config) if adaptive else DenseDiff(self.layout)
         model = TaskModel(DiffEncoder(self.backbone.encoder, self.layout, source), head, self.backbone.pooling)
+        trace: list[list[float]] = []
         fit = self.fit(model, self._stage1_groups(source, head), arrival, progress=progress,
                        desc=f"{label} {'L0' if adaptive else 'dense'}", max_steps=steps,
-                       extra_loss=self._extra_loss(source), after_step=_release_grads(source))
+                       extra_loss=self._extra_loss(source), after_step=_stage1_hook(source, steps, trace))
         effective = effective_diff(source, self.layout)  # (N,)
         nonzero = int(torch.count_nonzero(effective))
         if nonzero < self.nonzeros:
@@ -472,9 +501,11 @@ class DiffPruningMethod(Method):
         summary = {**_stage_summary(fit), "density": nonzero / self.layout.numel}
         if adaptive:
             summary["expected_density"] = source.expected_nonzeros() / self.layout.numel
+            summary["expected_density_trace"] = trace
             if source.structured:
                 summary["closed_tensors"] = source.closed_groups()
         positions = top_k_positions(effective, self.nonzeros)
+        summary["projection"] = magnitude_histogram(effective, positions)
         return positions, effective[positions], fit, summary
 
     def _stage1_groups(self, source: nn.Module, head: nn.Module) -> list[dict]:
@@ -514,6 +545,8 @@ class DiffPruningMethod(Method):
         meta = {"variant": self.config.variant, "nonzeros": len(positions), "gated_params": self.layout.numel,
                 "density": len(positions) / self.layout.numel, "zero_values": int((stored == 0).sum()),
                 "nonzeros_per_layer": per_layer, "l0_stage": stage1, "finetune_stage": stage3,
+                "placement": {name: [count, numel] for name, count, numel in
+                              zip(self.layout.names, counts, self.layout.sizes)},
                 DIFF_KEY: diff_meta}
         lower = (positions_lower_bound_bits(self.layout.numel, len(positions)) + len(positions) * value_bits
                  + sum(t.numel() * t.element_size() * 8 for t in head_tensors))
@@ -545,6 +578,24 @@ class DiffPruningMethod(Method):
 
     def load(self, artifact, task) -> TaskModel:
         return self._model_from_tensors(artifact.tensors, artifact.meta, task)
+
+
+def _stage1_hook(source: nn.Module, steps: int, trace: list[list[float]]):
+    """The stage-1 after-step hook: free the flat gradients and, for gated diffs, append
+    ``[step, expected density]`` to ``trace`` at step 0 and at most :data:`TRACE_POINTS` evenly spaced steps."""
+    release = _release_grads(source)
+    if not isinstance(source, GatedDiff):
+        return release
+    numel = source.diff_w.numel()
+    every = max(1, math.ceil(steps / TRACE_POINTS))
+    trace.append([0, round(source.expected_nonzeros() / numel, 6)])
+
+    def after_step(step: int) -> None:
+        release(step)
+        if step % every == 0 or step == steps:
+            trace.append([step, round(source.expected_nonzeros() / numel, 6)])
+
+    return after_step
 
 
 def _release_grads(source: nn.Module):

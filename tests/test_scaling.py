@@ -33,7 +33,8 @@ def test_fits_recover_the_storage_rule(table):
             assert (fit["shared_bytes"], fit["per_task_bytes"]) == (0, size + 2)
         else:  # evolving: S(t) = newest file = size + t, a line of slope 1 through (0, size)
             assert fit["per_task_bytes"] == pytest.approx(1.0) and fit["shared_bytes"] == pytest.approx(size)
-        assert (fit["per_task_min"], fit["per_task_max"], fit["tasks_measured"], fit["runs"]) == (size + 1, size + 3, 3, 4)
+        measured = (fit["per_task_min"], fit["per_task_max"], fit["tasks_measured"], fit["runs"])
+        assert measured == (size + 1, size + 3, 3, 4)
         assert math.isnan(fit["lower_bound_per_task"])
 
 

@@ -163,6 +163,43 @@ def _dodge(count: int, width: float = 0.18) -> np.ndarray:
     return np.linspace(-width, width, count) if count > 1 else np.zeros(1)
 
 
+def _spread(values: np.ndarray, gap: float) -> np.ndarray:
+    """Label positions near ``values`` with neighbours at least ``gap`` apart, keeping their order: values
+    closer than ``gap`` form a group spaced ``gap`` apart and centred on the group's mean, groups merging
+    until none overlap (so a label moves as little as its neighbours allow, up or down)."""
+    values = np.asarray(values, dtype=float)
+    order = np.argsort(values, kind="stable")
+    groups = [[i] for i in order]  # runs of indices into values, in increasing order
+
+    def layout(group: list[int]) -> np.ndarray:
+        return values[group].mean() + gap * (np.arange(len(group)) - (len(group) - 1) / 2)
+
+    merged = True
+    while merged:
+        merged = False
+        for k in range(len(groups) - 1):
+            if layout(groups[k + 1])[0] - layout(groups[k])[-1] < gap - 1e-12:
+                groups[k:k + 2] = [groups[k] + groups[k + 1]]
+                merged = True
+                break
+    placed = np.empty_like(values)
+    for group in groups:
+        placed[group] = layout(group)
+    return placed
+
+
+def _label_ends(ax, ends: list[tuple[float, float, str, str]], reference: float, fontsize: int) -> None:
+    """Label line ends ``(x, y, text, colour)`` on a log y axis just right of each end, moved apart where
+    they would overlap, and widen the y limits to keep every label inside the axes."""
+    logs = np.log10([end[1] for end in ends] + [reference])
+    placed = _spread(logs[:-1], 0.035 * (logs.max() - logs.min()))
+    for y, (x, _, text, color) in zip(placed, ends):
+        ax.annotate(text, (x, 10 ** y), textcoords="offset points", xytext=(5, -3), fontsize=fontsize, color=color,
+                    annotation_clip=False)
+    low, high = ax.get_ylim()
+    ax.set_ylim(min(low, 10 ** (placed.min() - 0.01)), max(high, 10 ** (placed.max() + 0.01)))
+
+
 def plot_score_bands(curve_table: pd.DataFrame, *,
                      title: str = "Average score over the tasks seen (mean ± sd over seeds and orders)") -> Figure:
     """Average score vs tasks seen: the mean over each configuration's runs, a ±1 sd band, and every run
@@ -216,16 +253,17 @@ def plot_storage_bands(curve_table: pd.DataFrame, *,
     backbone = float(curve_table["backbone_bytes"].iloc[0])
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.add_subplot()
+    ends = []  # (tasks seen, bytes, colour) of each line's last point, labelled with its multiple
     for key, style in styles.items():
         rows = _rows(stats, key).sort_values("tasks_seen")
         mean, sd = rows["cumulative_bytes"].to_numpy(), rows["cumulative_bytes_std"].fillna(0).to_numpy()
         ax.fill_between(rows["tasks_seen"], mean - sd, mean + sd, color=style["color"], alpha=0.15, linewidth=0)
         ax.plot(rows["tasks_seen"], mean, color=style["color"], marker=style["marker"],
                 linestyle=style["linestyle"], label=style["label"])
-        ax.annotate(f"{mean[-1] / backbone:.2f}×", (rows["tasks_seen"].iloc[-1], mean[-1]),
-                    textcoords="offset points", xytext=(6, -3), fontsize=8, color=style["color"])
+        ends.append((rows["tasks_seen"].iloc[-1], mean[-1], style["color"]))
     ax.axhline(backbone, color="grey", linestyle="--", linewidth=1, label=f"backbone ({human_bytes(backbone)})")
     ax.set_yscale("log")
+    _label_ends(ax, [(x, value, f"{value / backbone:.2f}×", color) for x, value, color in ends], backbone, 8)
     _bytes_axis(ax)
     _backbone_axis(ax, backbone, "y")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -355,16 +393,6 @@ def _clusters(values: list[float], ratio: float = 1.5) -> list[list[float]]:
     return groups
 
 
-def _spread(values: np.ndarray, gap: float) -> np.ndarray:
-    """``values`` moved apart as little as possible (upwards) so neighbours are at least ``gap`` apart, in
-    their original order (label positions that would otherwise overlap)."""
-    order = np.argsort(values, kind="stable")
-    placed = np.array(values, dtype=float)
-    for previous, current in zip(order[:-1], order[1:]):
-        placed[current] = max(placed[current], placed[previous] + gap)
-    return placed
-
-
 def plot_storage_scaling(fits: pd.DataFrame, curve_table: pd.DataFrame | None = None, *, max_tasks: int = 1000,
                          marks: tuple[int, ...] = (100, 1000),
                          title: str = "Cumulative storage extrapolated to many tasks") -> Figure:
@@ -394,9 +422,6 @@ def plot_storage_scaling(fits: pd.DataFrame, curve_table: pd.DataFrame | None = 
             measured = _rows(_with_configuration(curve_table), key).groupby("tasks_seen")["cumulative_bytes"].mean()
             ax.scatter(measured.index, measured.to_numpy(), color=style["color"], marker=style["marker"], s=22,
                        zorder=3)
-    low, high = np.log10(lines["bytes"].min()), np.log10(lines["bytes"].max())
-    for y, (_, text, color) in zip(_spread(np.log10([e[0] for e in ends]), 0.03 * (high - low)), ends):
-        ax.annotate(text, (max_tasks, 10 ** y), textcoords="offset points", xytext=(4, -3), fontsize=7, color=color)
     crossings = storage_crossings(fits)
     crossings = crossings[(crossings["tasks"] >= 1) & (crossings["tasks"] <= max_tasks)]
     ax.scatter(crossings["tasks"], crossings["bytes"], s=70, facecolors="none", edgecolors="black", linewidths=1.0,
@@ -413,6 +438,7 @@ def plot_storage_scaling(fits: pd.DataFrame, curve_table: pd.DataFrame | None = 
                 xytext=(0, -4), va="top", ha="center", fontsize=7, color="grey")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _label_ends(ax, [(max_tasks, value, text, color) for value, text, color in ends], backbone, 7)
     _bytes_axis(ax)
     ax.yaxis.set_major_locator(LogLocator(base=2, numticks=14))
     _backbone_axis(ax, backbone, "y")

@@ -128,3 +128,10 @@ def test_scaling_figure_draws_lines_bounds_points_and_crossings(table):
     texts = [t.get_text() for t in ax.texts]
     assert any(t.startswith("t=1") for t in texts)  # full finetuning's crossings just after the first task
     assert "500×" in texts or any(t.endswith("×") and t.startswith("50") for t in texts)  # full at 500 tasks
+
+
+def test_end_labels_keep_their_order_and_move_as_little_as_their_neighbours_allow():
+    from analysis.plots import _spread
+
+    assert _spread(np.array([0.0, 0.01, 0.02, 1.0, 1.0]), 0.1) == pytest.approx([-0.09, 0.01, 0.11, 0.95, 1.05])
+    assert _spread(np.array([3.0, 1.0, 2.0]), 0.5).tolist() == [3.0, 1.0, 2.0]  # far apart: untouched

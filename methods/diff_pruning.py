@@ -85,9 +85,9 @@ Memory and speed (autograd throughout, no hand-written gradients, no per-paramet
 shared backbone tensors with one multi-tensor add (:class:`~methods.flat_params.FlatLayout`) and run
 through ``torch.func.functional_call``, so the backbone is never copied while training; a gate sample
 costs one (N,) allocation and autograd keeps two (N,) tensors for it; the expected-L0 penalty is built
-before the encoder runs and checkpointed, so nothing (N,)-sized waits for its backward; the flat tensors
-use the fused AdamW kernel (about 5x faster than the default on CPU) and their gradients are released
-right after each optimizer step. Stage 3 trains only the k values. bench/step_cost.py measures step time
+before the encoder runs and checkpointed, so nothing (N,)-sized waits for its backward; the shared loop
+uses the fused AdamW kernel (about 5x faster than the default on CPU) and releases gradients right after
+each optimizer step. Stage 3 trains only the k values. bench/step_cost.py measures step time
 and peak memory against full finetuning (results in bench/results/step_cost.md).
 """
 
@@ -420,11 +420,6 @@ def _budget_steps(arrival) -> int:
     return budget.epochs * max(1, math.ceil(len(arrival.train) / budget.batch_size))
 
 
-def _fused(device: torch.device) -> dict[str, bool]:
-    """Use the fused AdamW kernel for the flat tensors where torch has one (5x faster than foreach on CPU)."""
-    return {"fused": True} if device.type in ("cpu", "cuda") else {}
-
-
 def _combine_fits(first: FitResult, second: FitResult | None) -> FitResult:
     """One FitResult for the sidecar: stage 3's model selection, with stage 1's history before it."""
     if second is None:
@@ -509,12 +504,12 @@ class DiffPruningMethod(Method):
         return positions, effective[positions], fit, summary
 
     def _stage1_groups(self, source: nn.Module, head: nn.Module) -> list[dict]:
-        config, fused = self.config, _fused(self.device)
-        groups = [{"params": [source.diff_w], "lr": config.learning_rate, "weight_decay": 0.0, **fused}]
+        config = self.config
+        groups = [{"params": [source.diff_w], "lr": config.learning_rate, "weight_decay": 0.0}]
         if isinstance(source, GatedDiff):
             alphas = [source.diff_log_alpha] + ([source.diff_group_log_alpha] if source.structured else [])
             groups.append({"params": alphas, "lr": config.alpha_learning_rate, "eps": config.alpha_eps,
-                           "weight_decay": 0.0, **fused})
+                           "weight_decay": 0.0})
         return groups + decay_groups(head.named_parameters(), self.head_lr(), config.weight_decay)
 
     def _extra_loss(self, source: nn.Module):
@@ -581,32 +576,19 @@ class DiffPruningMethod(Method):
 
 
 def _stage1_hook(source: nn.Module, steps: int, trace: list[list[float]]):
-    """The stage-1 after-step hook: free the flat gradients and, for gated diffs, append
-    ``[step, expected density]`` to ``trace`` at step 0 and at most :data:`TRACE_POINTS` evenly spaced steps."""
-    release = _release_grads(source)
+    """The stage-1 after-step hook of gated diffs: append ``[step, expected density]`` to ``trace`` at step 0
+    and at most :data:`TRACE_POINTS` evenly spaced steps."""
     if not isinstance(source, GatedDiff):
-        return release
+        return None
     numel = source.diff_w.numel()
     every = max(1, math.ceil(steps / TRACE_POINTS))
     trace.append([0, round(source.expected_nonzeros() / numel, 6)])
 
     def after_step(step: int) -> None:
-        release(step)
         if step % every == 0 or step == steps:
             trace.append([step, round(source.expected_nonzeros() / numel, 6)])
 
     return after_step
-
-
-def _release_grads(source: nn.Module):
-    """An after-step hook freeing the flat tensors' gradients (the shared loop frees them only later)."""
-    params = list(source.parameters())
-
-    def release(step: int) -> None:
-        for param in params:
-            param.grad = None
-
-    return release
 
 
 @register_method

@@ -5,13 +5,15 @@ machines without a display and never touches global pyplot state.
 
 Single runs: :func:`plot_storage`, :func:`plot_average_score`, :func:`plot_score_vs_storage`. Across runs
 (seeds and task orders as replicates of each (method, budget) configuration): :func:`plot_score_bands`,
-:func:`plot_storage_bands`, :func:`plot_pareto`, :func:`plot_order_sensitivity`. Every configuration keeps
+:func:`plot_storage_bands`, :func:`plot_pareto`, :func:`plot_order_sensitivity`. Storage extrapolated to many
+tasks (:mod:`analysis.scaling`): :func:`plot_storage_scaling`. Every configuration keeps
 one look in every figure: a colour per method, a shade and marker per variant of its own setting, a
 line style per budget (:func:`configuration_styles`).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from analysis.scaling import extrapolate_storage, multiple, storage_crossings
 from analysis.tables import CONFIGURATION, DEFAULT_BUDGET, aggregate, human_bytes, pareto_mask
 
 FIGURE_DPI = 150
@@ -160,6 +163,43 @@ def _dodge(count: int, width: float = 0.18) -> np.ndarray:
     return np.linspace(-width, width, count) if count > 1 else np.zeros(1)
 
 
+def _spread(values: np.ndarray, gap: float) -> np.ndarray:
+    """Label positions near ``values`` with neighbours at least ``gap`` apart, keeping their order: values
+    closer than ``gap`` form a group spaced ``gap`` apart and centred on the group's mean, groups merging
+    until none overlap (so a label moves as little as its neighbours allow, up or down)."""
+    values = np.asarray(values, dtype=float)
+    order = np.argsort(values, kind="stable")
+    groups = [[i] for i in order]  # runs of indices into values, in increasing order
+
+    def layout(group: list[int]) -> np.ndarray:
+        return values[group].mean() + gap * (np.arange(len(group)) - (len(group) - 1) / 2)
+
+    merged = True
+    while merged:
+        merged = False
+        for k in range(len(groups) - 1):
+            if layout(groups[k + 1])[0] - layout(groups[k])[-1] < gap - 1e-12:
+                groups[k:k + 2] = [groups[k] + groups[k + 1]]
+                merged = True
+                break
+    placed = np.empty_like(values)
+    for group in groups:
+        placed[group] = layout(group)
+    return placed
+
+
+def _label_ends(ax, ends: list[tuple[float, float, str, str]], reference: float, fontsize: int) -> None:
+    """Label line ends ``(x, y, text, colour)`` on a log y axis just right of each end, moved apart where
+    they would overlap, and widen the y limits to keep every label inside the axes."""
+    logs = np.log10([end[1] for end in ends] + [reference])
+    placed = _spread(logs[:-1], 0.035 * (logs.max() - logs.min()))
+    for y, (x, _, text, color) in zip(placed, ends):
+        ax.annotate(text, (x, 10 ** y), textcoords="offset points", xytext=(5, -3), fontsize=fontsize, color=color,
+                    annotation_clip=False)
+    low, high = ax.get_ylim()
+    ax.set_ylim(min(low, 10 ** (placed.min() - 0.01)), max(high, 10 ** (placed.max() + 0.01)))
+
+
 def plot_score_bands(curve_table: pd.DataFrame, *,
                      title: str = "Average score over the tasks seen (mean ± sd over seeds and orders)") -> Figure:
     """Average score vs tasks seen: the mean over each configuration's runs, a ±1 sd band, and every run
@@ -213,16 +253,17 @@ def plot_storage_bands(curve_table: pd.DataFrame, *,
     backbone = float(curve_table["backbone_bytes"].iloc[0])
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.add_subplot()
+    ends = []  # (tasks seen, bytes, colour) of each line's last point, labelled with its multiple
     for key, style in styles.items():
         rows = _rows(stats, key).sort_values("tasks_seen")
         mean, sd = rows["cumulative_bytes"].to_numpy(), rows["cumulative_bytes_std"].fillna(0).to_numpy()
         ax.fill_between(rows["tasks_seen"], mean - sd, mean + sd, color=style["color"], alpha=0.15, linewidth=0)
         ax.plot(rows["tasks_seen"], mean, color=style["color"], marker=style["marker"],
                 linestyle=style["linestyle"], label=style["label"])
-        ax.annotate(f"{mean[-1] / backbone:.2f}×", (rows["tasks_seen"].iloc[-1], mean[-1]),
-                    textcoords="offset points", xytext=(6, -3), fontsize=8, color=style["color"])
+        ends.append((rows["tasks_seen"].iloc[-1], mean[-1], style["color"]))
     ax.axhline(backbone, color="grey", linestyle="--", linewidth=1, label=f"backbone ({human_bytes(backbone)})")
     ax.set_yscale("log")
+    _label_ends(ax, [(x, value, f"{value / backbone:.2f}×", color) for x, value, color in ends], backbone, 8)
     _bytes_axis(ax)
     _backbone_axis(ax, backbone, "y")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -338,6 +379,83 @@ def plot_order_sensitivity(final: pd.DataFrame, *,
     ax.set_ylabel("final average score")
     ax.set_title(title, fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
+    return fig
+
+
+def _clusters(values: list[float], ratio: float = 1.5) -> list[list[float]]:
+    """Sorted ``values`` grouped where each is within ``ratio`` of its group's first (for one label each)."""
+    groups: list[list[float]] = []
+    for value in sorted(values):
+        if groups and value <= groups[-1][0] * ratio:
+            groups[-1].append(value)
+        else:
+            groups.append([value])
+    return groups
+
+
+def plot_storage_scaling(fits: pd.DataFrame, curve_table: pd.DataFrame | None = None, *, max_tasks: int = 1000,
+                         marks: tuple[int, ...] = (100, 1000),
+                         title: str = "Cumulative storage extrapolated to many tasks") -> Figure:
+    """The fitted lines S(t) = shared + t * per_task of :func:`analysis.scaling.storage_fits` from 1 to
+    ``max_tasks`` tasks (log-log), the measured cumulative bytes as markers (from ``curve_table``, a
+    :func:`analysis.tables.curves` table), each method's lower-bound line dashed where it reports one,
+    the crossings of the lines as rings labelled with their task count, and the multiple of the
+    backbone's size at the right edge."""
+    fits = _with_configuration(fits)
+    styles = configuration_styles(fits)
+    backbone = float(fits["backbone_bytes"].iloc[0])
+    grid = np.unique(np.concatenate([np.geomspace(1, max_tasks, 200), marks]))
+    lines = extrapolate_storage(fits, grid)
+    fig = Figure(figsize=(8.5, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    ends = []  # (S(max_tasks), label, colour) per configuration, labelled at the right edge
+    for key, style in styles.items():
+        rows = _rows(lines, key)
+        ax.plot(rows["tasks"], rows["bytes"], color=style["color"], linestyle=style["linestyle"],
+                label=style["label"], linewidth=1.6)
+        if rows["bound_bytes"].notna().all():
+            ax.plot(rows["tasks"], rows["bound_bytes"], color=style["color"], linestyle=(0, (2, 2)), linewidth=1.0,
+                    alpha=0.8)
+        end = rows.iloc[-1]
+        ends.append((end["bytes"], multiple(end["x_backbone"]), style["color"]))
+        if curve_table is not None:
+            measured = _rows(_with_configuration(curve_table), key).groupby("tasks_seen")["cumulative_bytes"].mean()
+            ax.scatter(measured.index, measured.to_numpy(), color=style["color"], marker=style["marker"], s=22,
+                       zorder=3)
+    crossings = storage_crossings(fits)
+    crossings = crossings[(crossings["tasks"] >= 1) & (crossings["tasks"] <= max_tasks)]
+    ax.scatter(crossings["tasks"], crossings["bytes"], s=70, facecolors="none", edgecolors="black", linewidths=1.0,
+               zorder=4)
+    for cluster in _clusters(crossings["tasks"].tolist()):
+        last = crossings[crossings["tasks"] == cluster[-1]].iloc[0]
+        text = f"t={cluster[0]:.3g}" if len(cluster) == 1 else f"t={cluster[0]:.3g}–{cluster[-1]:.3g}"
+        ax.annotate(text, (last["tasks"], last["bytes"]), textcoords="offset points", xytext=(6, 6), fontsize=7)
+    for mark in marks:
+        ax.axvline(mark, color="grey", linestyle=":", linewidth=0.8)
+    ax.axhline(backbone, color="grey", linestyle="--", linewidth=0.8)
+    # Below the line, away from the crossings near t = 1 (every storage line lies above the backbone's).
+    ax.annotate(f"backbone ({human_bytes(backbone)})", (math.sqrt(max_tasks), backbone), textcoords="offset points",
+                xytext=(0, -4), va="top", ha="center", fontsize=7, color="grey")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _label_ends(ax, [(max_tasks, value, text, color) for value, text, color in ends], backbone, 7)
+    _bytes_axis(ax)
+    ax.yaxis.set_major_locator(LogLocator(base=2, numticks=14))
+    _backbone_axis(ax, backbone, "y")
+    ax.set_xlim(1, max_tasks * 2.2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("number of tasks t (log scale; dotted: " + ", ".join(map(str, marks)) + ")")
+    ax.set_ylabel("cumulative storage S(t) (bytes on disk)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], color="black", linestyle=(0, (2, 2)), linewidth=1.0),
+                Line2D([], [], color="black", marker="o", linestyle="", markerfacecolor="none", markersize=8)]
+    labels += ["lower bound (where reported)", "lines cross"]
+    if curve_table is not None:
+        handles.append(Line2D([], [], color="black", marker="o", linestyle="", markersize=4))
+        labels.append("measured")
+    ax.legend(handles, labels, fontsize=7, loc="upper left")
     return fig
 
 

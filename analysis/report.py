@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.plots import plot_average_score, plot_score_vs_storage, plot_storage, save_figure
-from analysis.tables import accuracy_matrix, curves, final_table, human_bytes, load_ledger, phase_seconds
+from analysis.tables import (accuracy_matrix, curves, final_table, human_bytes, load_ledger, phase_seconds,
+                             task_columns)
 
 FIGURES_DIR = "figures"
 REPORT_FILE = "report.md"
@@ -43,10 +44,7 @@ def _markdown(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
 def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     """The report's main table: final scores per task, average, bytes and the papers' parameter columns."""
     final = final_table(table)
-    tasks = [c for c in final.columns if c not in ("run", "method", "tasks", "average", "bytes_per_task",
-                                                   "total_bytes", "new_params_per_task_pct",
-                                                   "total_params_multiplier", "bytes_vs_bound")]
-    shown = final[["method", *tasks, "average"]].copy()
+    shown = final[["method", *task_columns(final), "average"]].copy()
     shown["new params / task"] = [f"{v:.3g}%" for v in final["new_params_per_task_pct"]]
     shown["total params"] = [f"{v:.2f}x" for v in final["total_params_multiplier"]]
     shown["bytes / task"] = [human_bytes(v) for v in final["bytes_per_task"]]

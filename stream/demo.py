@@ -1,0 +1,73 @@
+"""Settings the teaching notebooks (``notebooks/``) share: where the data is, which backbone, where runs go,
+and whether to run in smoke mode.
+
+Environment variables:
+
+- ``TASKSTREAM_NOTEBOOK_SMOKE=1``: the test suite's smoke mode (tens of examples, one epoch, short
+  evaluation), so every notebook runs top to bottom in seconds. Figures then show noise, not results.
+- ``TASKSTREAM_DATA_DIR``: local GLUE files (as for ``taskstream run``); without it, the offline copy
+  ``shared/glue`` beside the repository (the nearest one above the working directory), else the Hub.
+- ``TASKSTREAM_NOTEBOOK_BACKBONE``: a Hub id or local model folder instead of the bundled all-MiniLM-L6-v2.
+- ``TASKSTREAM_NOTEBOOK_RUNS``: where the notebooks' run directories go (default ``runs/`` under the
+  working directory, which is the notebook's folder in Jupyter).
+- ``TASKSTREAM_NOTEBOOK_SOURCE``: a finished run or study directory for the notebooks that analyse one
+  (03_storage_scaling) instead of running a small stream themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from methods.backbone import DEFAULT_BACKBONE
+from stream.errors import DataError
+from stream.sources import DATA_DIR_ENV
+
+SMOKE_ENV = "TASKSTREAM_NOTEBOOK_SMOKE"
+BACKBONE_ENV = "TASKSTREAM_NOTEBOOK_BACKBONE"
+RUNS_ENV = "TASKSTREAM_NOTEBOOK_RUNS"
+SOURCE_ENV = "TASKSTREAM_NOTEBOOK_SOURCE"
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def smoke_mode() -> bool:
+    """Whether ``TASKSTREAM_NOTEBOOK_SMOKE`` asks for the tiny smoke-test budgets."""
+    return os.environ.get(SMOKE_ENV, "").strip().lower() in _TRUE
+
+
+def demo_data_dir(start: str | Path | None = None) -> str | None:
+    """The GLUE data directory for a notebook: ``$TASKSTREAM_DATA_DIR``; else the first ``shared/glue``
+    folder in ``start`` (default: the working directory) or one of its parents; else None (the Hub)."""
+    if os.environ.get(DATA_DIR_ENV):
+        return os.environ[DATA_DIR_ENV]
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "shared" / "glue"
+        if candidate.is_dir():
+            return str(candidate)
+    return None
+
+
+def demo_backbone() -> str:
+    """``$TASKSTREAM_NOTEBOOK_BACKBONE``, else the bundled all-MiniLM-L6-v2."""
+    return os.environ.get(BACKBONE_ENV) or DEFAULT_BACKBONE
+
+
+def demo_run_dir(name: str) -> Path:
+    """The run directory of one notebook's run: ``<runs>/<name>`` (``-smoke`` appended in smoke mode, so a
+    smoke run never meets a normal run's directory, which would refuse the different config)."""
+    root = Path(os.environ.get(RUNS_ENV) or Path.cwd() / "runs")
+    return root / (f"{name}-smoke" if smoke_mode() else name)
+
+
+def demo_source() -> Path | None:
+    """``$TASKSTREAM_NOTEBOOK_SOURCE`` as a path (a run or study directory), else None; a path that does not
+    hold a ledger or a study record is refused with the fix."""
+    value = os.environ.get(SOURCE_ENV)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not ((path / "ledger.jsonl").is_file() or (path / "study.json").is_file()):
+        raise DataError(f"{SOURCE_ENV}={value} is neither a run directory (with ledger.jsonl) nor a study directory "
+                        f"(with study.json). Point it at one, or unset it to run a small stream in the notebook.")
+    return path

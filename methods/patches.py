@@ -30,6 +30,7 @@ from __future__ import annotations
 import abc
 import copy
 import itertools
+import weakref
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -46,6 +47,16 @@ class Edit(abc.ABC):
     """
 
     _saved: dict | None = None
+    _resolved: tuple[weakref.ref, dict[str, torch.Tensor]] | None = None
+
+    def _parameters(self, encoder: nn.Module, names) -> dict[str, torch.Tensor]:
+        """``encoder``'s named parameters (detached: writes go into the live storage), looked up once per
+        encoder: resolving dotted names at every switch would cost more than BitFit's whole copy. Patches
+        only ever write into parameters, never replace them, so the tensors found stay the live ones."""
+        if self._resolved is None or self._resolved[0]() is not encoder:
+            params = dict(encoder.named_parameters())
+            self._resolved = (weakref.ref(encoder), {name: params[name].detach() for name in names})
+        return self._resolved[1]
 
     def apply(self, encoder: nn.Module) -> None:
         """Change ``encoder`` in place, keeping what is needed to undo it."""
@@ -83,15 +94,15 @@ class AssignValues(Edit):
         self.values = dict(values)
 
     def _save(self, encoder):
-        return {name: encoder.get_parameter(name).detach().clone() for name in self.values}
+        return {name: param.clone() for name, param in self._parameters(encoder, self.values).items()}
 
     def _write(self, encoder):
-        for name, value in self.values.items():
-            encoder.get_parameter(name).detach().copy_(value)
+        for name, param in self._parameters(encoder, self.values).items():
+            param.copy_(self.values[name])
 
     def _restore(self, encoder, saved):
-        for name, value in saved.items():
-            encoder.get_parameter(name).detach().copy_(value)
+        for name, param in self._parameters(encoder, self.values).items():
+            param.copy_(saved[name])
 
 
 class _PositionEdit(Edit):
@@ -103,22 +114,21 @@ class _PositionEdit(Edit):
     def __init__(self, positions: Mapping[str, torch.Tensor]) -> None:
         self.positions = {name: index for name, index in positions.items() if index.numel()}
 
-    @staticmethod
-    def _flat(encoder: nn.Module, name: str) -> torch.Tensor:
-        param = encoder.get_parameter(name).detach()
-        assert param.is_contiguous(), f"{name} is not contiguous: a flat view would be a copy"
-        return param.view(-1)
+    def _flats(self, encoder: nn.Module) -> dict[str, torch.Tensor]:
+        params = self._parameters(encoder, self.positions)
+        assert all(p.is_contiguous() for p in params.values()), "a flat view of a non-contiguous tensor is a copy"
+        return {name: param.view(-1) for name, param in params.items()}
 
     def _save(self, encoder):
-        return {name: self._flat(encoder, name).index_select(0, index) for name, index in self.positions.items()}
+        return {name: flat.index_select(0, self.positions[name]) for name, flat in self._flats(encoder).items()}
 
     def _write(self, encoder):
-        for name, index in self.positions.items():
-            self._overwrite(name, self._flat(encoder, name), index, self._saved[name])
+        for name, flat in self._flats(encoder).items():
+            self._overwrite(name, flat, self.positions[name], self._saved[name])
 
     def _restore(self, encoder, saved):
-        for name, values in saved.items():
-            self._flat(encoder, name).index_copy_(0, self.positions[name], values)
+        for name, flat in self._flats(encoder).items():
+            flat.index_copy_(0, self.positions[name], saved[name])
 
     @abc.abstractmethod
     def _overwrite(self, name: str, flat: torch.Tensor, index: torch.Tensor, old: torch.Tensor) -> None:

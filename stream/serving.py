@@ -13,9 +13,9 @@ Artifacts are read lazily, on the first switch to their task, and verified then:
 sha256 checks, the sha256 the ledger recorded, and the backbone fingerprint the sidecar recorded. Patches
 are kept (they are small); rebuilt models are not. A bank serves one task at a time and is not thread-safe.
 
-    >>> bank = TaskBank("runs/default")
-    >>> bank.predict("rte", [("A man sleeps.", "Someone is asleep.")], method="lora")
-    [Prediction(label='entailment', probabilities={'entailment': 0.81, 'not_entailment': 0.19}, value=None)]
+    bank = TaskBank("runs/default")
+    bank.predict("rte", [("A man sleeps.", "Someone is asleep.")], method="lora")
+    # -> [Prediction(label='entailment', probabilities={'entailment': ..., 'not_entailment': ...}, value=None)]
 """
 
 from __future__ import annotations

@@ -44,7 +44,12 @@ def run_dir(tiny_model_dir, glue_dir, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("served-run")
     config = RunConfig(tasks=TASKS, methods=SPECS, backbone=str(tiny_model_dir), data_dir=str(glue_dir),
                        budget=BUDGET, device="cpu")
-    run_stream(config, path, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # conftest's one-thread fixture is per test: it does not cover this setup
+    try:
+        run_stream(config, path, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return path
 
 

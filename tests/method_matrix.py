@@ -23,6 +23,10 @@ MATRIX = [
     ("ewc", {"ewc_mode": "separate", "tuned_blocks": 1}),
     ("lwf", {}),
     ("replay", {"mem_size": 12}),
+    ("diff_pruning", {}),
+    ("diff_pruning", {"structured_penalty": "product", "value_dtype": "float16"}),
+    ("diff_pruning_unstructured", {}),
+    ("diff_pruning_nonadaptive", {}),
 ]
 
 

@@ -48,14 +48,20 @@ class Edit(abc.ABC):
 
     _saved: dict | None = None
     _resolved: tuple[weakref.ref, dict[str, torch.Tensor]] | None = None
+    _flat: bool = False  # whether _parameters gives flat (N_i,) views
 
     def _parameters(self, encoder: nn.Module, names) -> dict[str, torch.Tensor]:
-        """``encoder``'s named parameters (detached: writes go into the live storage), looked up once per
-        encoder: resolving dotted names at every switch would cost more than BitFit's whole copy. Patches
-        only ever write into parameters, never replace them, so the tensors found stay the live ones."""
+        """``encoder``'s named parameters (detached: writes go into the live storage; flat views if
+        ``_flat``), looked up once per encoder: resolving dotted names at every switch would cost more than
+        BitFit's whole copy. Patches only ever write into parameters, never replace them, so the tensors
+        found stay the live ones."""
         if self._resolved is None or self._resolved[0]() is not encoder:
             params = dict(encoder.named_parameters())
-            self._resolved = (weakref.ref(encoder), {name: params[name].detach() for name in names})
+            found = {name: params[name].detach() for name in names}
+            if self._flat:
+                assert all(t.is_contiguous() for t in found.values()), "a flat view must not be a copy"
+                found = {name: t.view(-1) for name, t in found.items()}
+            self._resolved = (weakref.ref(encoder), found)
         return self._resolved[1]
 
     def apply(self, encoder: nn.Module) -> None:
@@ -111,13 +117,13 @@ class _PositionEdit(Edit):
     ``positions``: parameter name -> int64 (k_i,) flat positions into that parameter, on its device.
     """
 
+    _flat = True
+
     def __init__(self, positions: Mapping[str, torch.Tensor]) -> None:
         self.positions = {name: index for name, index in positions.items() if index.numel()}
 
     def _flats(self, encoder: nn.Module) -> dict[str, torch.Tensor]:
-        params = self._parameters(encoder, self.positions)
-        assert all(p.is_contiguous() for p in params.values()), "a flat view of a non-contiguous tensor is a copy"
-        return {name: param.view(-1) for name, param in params.items()}
+        return self._parameters(encoder, self.positions)
 
     def _save(self, encoder):
         return {name: flat.index_select(0, self.positions[name]) for name, flat in self._flats(encoder).items()}
@@ -163,10 +169,14 @@ def _parent(root: nn.Module, path: str) -> tuple[nn.Module, str]:
 
 
 class SwapModules(Edit):
-    """Put ``modules`` (module path -> module) into the encoder; the displaced modules go back on revert."""
+    """Put ``modules`` (module path -> module) into the encoder; the displaced modules go back on revert.
+
+    The modules are put in eval mode here, once: a served encoder is in eval mode, and a switch does not
+    walk the whole encoder to set it again.
+    """
 
     def __init__(self, modules: Mapping[str, nn.Module]) -> None:
-        self.modules = dict(modules)
+        self.modules = {path: module.eval() for path, module in modules.items()}
 
     def _save(self, encoder):
         return {path: getattr(*_parent(encoder, path)) for path in self.modules}
@@ -210,7 +220,11 @@ class ServingPatch:
         except BaseException:
             self._revert(encoder)
             raise
-        return TaskModel(encoder, self.head, self.pooling).eval()
+        model = TaskModel(encoder, self.head, self.pooling)
+        if encoder.training:  # a server's backbone is in eval mode; set every module only if someone changed it
+            return model.eval()
+        model.training = False  # the head and swapped-in modules are in eval mode already (walking costs ~1 ms)
+        return model
 
     @torch.no_grad()
     def revert(self, encoder: nn.Module) -> None:

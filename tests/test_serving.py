@@ -203,17 +203,17 @@ def test_cli_predicts_label_names_and_regression_values(run_dir, tmp_path):
 
 @pytest.mark.parametrize("case", ["unknown_task", "unknown_method", "pair_given_one_text", "tampered_artifact"])
 def test_cli_predict_refuses_bad_input_clearly(case, run_dir, tmp_path):
-    args = [run_dir, "--task", "rte", "--method", "lora", "the cat sits", "cat sits"]
+    args = [run_dir, "--task", "rte", "--method", "bitfit", "the cat sits", "cat sits"]
     if case == "unknown_task":
         args[2], expected = "mnli", ["has no task 'mnli'", "its tasks: sst2, rte, stsb"]
     elif case == "unknown_method":
-        args[4], expected = "lora2", ["has no method 'lora2'", "Did you mean 'lora'"]
+        args[4], expected = "bitfti", ["has no method 'bitfti'", "Did you mean 'bitfit'"]
     elif case == "pair_given_one_text":
         args, expected = args[:-1], ["'rte' takes 2 texts per example", "Give both texts"]
     else:
         copy = tmp_path / "run"
         shutil.copytree(run_dir, copy)
-        artifact = next((copy / "artifacts" / "lora").glob("002-rte.safetensors"))
+        artifact = copy / "artifacts" / "bitfit" / "002-rte.safetensors"
         data = bytearray(artifact.read_bytes())
         data[-1] ^= 1
         artifact.write_bytes(bytes(data))

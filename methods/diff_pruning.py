@@ -38,8 +38,12 @@ Artifact: the k positions and values packed by :func:`methods.codecs.pack_sparse
 payload and one value tensor for all ~100 weight tensors, each tensor in its cheapest position code),
 plus the dense head. ``new_params`` is k + the head's parameters. ``lower_bound_bits`` is
 ``log2 C(N, k)`` for the positions plus k values at the stored precision plus the head's dense bits. The
-metadata records the nonzeros per tensor (in the codec's ``count`` column, named by parameter) and per
-layer, and what stage 1 ended at (its density under the deterministic gate, its expected density).
+metadata records the nonzeros per tensor (in the codec's ``count`` column, named by parameter, and as
+``placement``, the ``{name: [changed, total]}`` map :mod:`analysis.placement` reads) and per layer, and what
+stage 1 did: its density under the deterministic gate and its expected density at the end, the expected
+density along the way (``expected_density_trace``, at most ``TRACE_POINTS`` ``[step, density]`` pairs from
+step 0) and what the projection saw (``projection``: a histogram of log10 |diff|, the exact zeros, the
+threshold). :mod:`analysis.diff_stages` turns these into tables and figures (notebooks/02).
 
 Serving: :meth:`DiffPruningMethod.serving_patch` scatter-adds the k stored values into a live shared
 encoder's flat weights in place and, on revert, assigns the k overwritten weights back, so a server switches
@@ -86,9 +90,9 @@ Memory and speed (autograd throughout, no hand-written gradients, no per-paramet
 shared backbone tensors with one multi-tensor add (:class:`~methods.flat_params.FlatLayout`) and run
 through ``torch.func.functional_call``, so the backbone is never copied while training; a gate sample
 costs one (N,) allocation and autograd keeps two (N,) tensors for it; the expected-L0 penalty is built
-before the encoder runs and checkpointed, so nothing (N,)-sized waits for its backward; the flat tensors
-use the fused AdamW kernel (about 5x faster than the default on CPU) and their gradients are released
-right after each optimizer step. Stage 3 trains only the k values. bench/step_cost.py measures step time
+before the encoder runs and checkpointed, so nothing (N,)-sized waits for its backward; the shared loop
+uses the fused AdamW kernel (about 5x faster than the default on CPU) and releases gradients right after
+each optimizer step. Stage 3 trains only the k values. bench/step_cost.py measures step time
 and peak memory against full finetuning (results in bench/results/step_cost.md).
 """
 
@@ -122,6 +126,10 @@ VARIANTS = ("structured", "unstructured", "nonadaptive")
 STRUCTURED_PENALTIES = ("product", "additive")
 DEFAULT_STRUCTURED_PENALTY = "additive"  # see "Defaults" in the module docstring
 DIFF_KEY = "diff"  # tensor-name prefix of the packed diff: diff.positions, diff.values
+# Training diagnostics kept in the sidecar (they cost its bytes, so they are short): at most TRACE_POINTS
+# (step, expected density) pairs of stage 1, and a HISTOGRAM_BINS-bin histogram of |diff| at projection.
+TRACE_POINTS = 25
+HISTOGRAM_BINS = 40
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -385,6 +393,26 @@ def top_k_positions(values: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat([above, ties]).sort().values
 
 
+def magnitude_histogram(effective: torch.Tensor, positions: torch.Tensor,
+                        bins: int = HISTOGRAM_BINS) -> dict[str, Any]:
+    """What the projection saw: a histogram of ``log10 |diff|`` over the nonzero entries of the (N,)
+    effective diff, the number of exact zeros, and the threshold (the smallest kept magnitude) and count of
+    the kept ``positions``. ``log10_range`` is [low, high] of ``bins`` equal bins (None when all are zero)."""
+    magnitude = effective.detach().abs()
+    nonzero = magnitude[magnitude > 0]
+    kept = magnitude[positions]
+    record: dict[str, Any] = {"kept": int(positions.numel()), "zeros": int(magnitude.numel() - nonzero.numel()),
+                              "threshold": float(kept.min()) if kept.numel() else 0.0,
+                              "log10_range": None, "counts": []}
+    if nonzero.numel():
+        logs = torch.log10(nonzero.double())
+        low, high = math.floor(float(logs.min()) * 10) / 10, math.ceil(float(logs.max()) * 10) / 10
+        high = max(high, low + 0.1)
+        record["log10_range"] = [low, high]
+        record["counts"] = [int(c) for c in torch.histc(logs, bins=bins, min=low, max=high)]
+    return record
+
+
 def stage_steps(total: int, finetune_fraction: float) -> tuple[int, int]:
     """Split ``total`` training steps into (L0 stage, fixed-mask stage); each non-empty stage >= 1 step."""
     finetune = 0 if finetune_fraction == 0 else max(1, round(total * finetune_fraction))
@@ -396,11 +424,6 @@ def _budget_steps(arrival) -> int:
     if budget.max_steps is not None:
         return budget.max_steps
     return budget.epochs * max(1, math.ceil(len(arrival.train) / budget.batch_size))
-
-
-def _fused(device: torch.device) -> dict[str, bool]:
-    """Use the fused AdamW kernel for the flat tensors where torch has one (5x faster than foreach on CPU)."""
-    return {"fused": True} if device.type in ("cpu", "cuda") else {}
 
 
 def _combine_fits(first: FitResult, second: FitResult | None) -> FitResult:
@@ -466,9 +489,10 @@ class DiffPruningMethod(Method):
         adaptive = self.config.variant != "nonadaptive"
         source = GatedDiff(self.layout, self.config) if adaptive else DenseDiff(self.layout)
         model = TaskModel(DiffEncoder(self.backbone.encoder, self.layout, source), head, self.backbone.pooling)
+        trace: list[list[float]] = []
         fit = self.fit(model, self._stage1_groups(source, head), arrival, progress=progress,
                        desc=f"{label} {'L0' if adaptive else 'dense'}", max_steps=steps,
-                       extra_loss=self._extra_loss(source), after_step=_release_grads(source))
+                       extra_loss=self._extra_loss(source), after_step=_stage1_hook(source, steps, trace))
         effective = effective_diff(source, self.layout)  # (N,)
         nonzero = int(torch.count_nonzero(effective))
         if nonzero < self.nonzeros:
@@ -478,18 +502,20 @@ class DiffPruningMethod(Method):
         summary = {**_stage_summary(fit), "density": nonzero / self.layout.numel}
         if adaptive:
             summary["expected_density"] = source.expected_nonzeros() / self.layout.numel
+            summary["expected_density_trace"] = trace
             if source.structured:
                 summary["closed_tensors"] = source.closed_groups()
         positions = top_k_positions(effective, self.nonzeros)
+        summary["projection"] = magnitude_histogram(effective, positions)
         return positions, effective[positions], fit, summary
 
     def _stage1_groups(self, source: nn.Module, head: nn.Module) -> list[dict]:
-        config, fused = self.config, _fused(self.device)
-        groups = [{"params": [source.diff_w], "lr": config.learning_rate, "weight_decay": 0.0, **fused}]
+        config = self.config
+        groups = [{"params": [source.diff_w], "lr": config.learning_rate, "weight_decay": 0.0}]
         if isinstance(source, GatedDiff):
             alphas = [source.diff_log_alpha] + ([source.diff_group_log_alpha] if source.structured else [])
             groups.append({"params": alphas, "lr": config.alpha_learning_rate, "eps": config.alpha_eps,
-                           "weight_decay": 0.0, **fused})
+                           "weight_decay": 0.0})
         return groups + decay_groups(head.named_parameters(), self.head_lr(), config.weight_decay)
 
     def _extra_loss(self, source: nn.Module):
@@ -520,6 +546,8 @@ class DiffPruningMethod(Method):
         meta = {"variant": self.config.variant, "nonzeros": len(positions), "gated_params": self.layout.numel,
                 "density": len(positions) / self.layout.numel, "zero_values": int((stored == 0).sum()),
                 "nonzeros_per_layer": per_layer, "l0_stage": stage1, "finetune_stage": stage3,
+                "placement": {name: [count, numel] for name, count, numel in
+                              zip(self.layout.names, counts, self.layout.sizes)},
                 DIFF_KEY: diff_meta}
         lower = (positions_lower_bound_bits(self.layout.numel, len(positions)) + len(positions) * value_bits
                  + sum(t.numel() * t.element_size() * 8 for t in head_tensors))
@@ -568,15 +596,20 @@ class DiffPruningMethod(Method):
         return ServingPatch([edit], head.to(self.device), self.backbone.pooling)
 
 
-def _release_grads(source: nn.Module):
-    """An after-step hook freeing the flat tensors' gradients (the shared loop frees them only later)."""
-    params = list(source.parameters())
+def _stage1_hook(source: nn.Module, steps: int, trace: list[list[float]]):
+    """The stage-1 after-step hook of gated diffs: append ``[step, expected density]`` to ``trace`` at step 0
+    and at most :data:`TRACE_POINTS` evenly spaced steps."""
+    if not isinstance(source, GatedDiff):
+        return None
+    numel = source.diff_w.numel()
+    every = max(1, math.ceil(steps / TRACE_POINTS))
+    trace.append([0, round(source.expected_nonzeros() / numel, 6)])
 
-    def release(step: int) -> None:
-        for param in params:
-            param.grad = None
+    def after_step(step: int) -> None:
+        if step % every == 0 or step == steps:
+            trace.append([step, round(source.expected_nonzeros() / numel, 6)])
 
-    return release
+    return after_step
 
 
 @register_method

@@ -261,6 +261,9 @@ class MaskingMethod(Method):
         head.requires_grad_(config.train_head)
         model = TaskModel(encoder, head, self.backbone.pooling)
         modules = self.masked_modules(encoder, head)
+        # Backbone parameter name of each covered matrix, for the placement record (the head is not one).
+        names = {id(param): name for name, param in encoder.named_parameters()}
+        weight_names = {mask: names[id(module.weight)] for mask, module in modules.items() if mask != HEAD_MASK}
         generator = torch.Generator().manual_seed(seed)
         parametrizations = {}
         for name, module in modules.items():
@@ -279,13 +282,14 @@ class MaskingMethod(Method):
         for module in modules.values():
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
         apply_masks(modules, masks)
-        payload = self._payload(masks, head, seed, flipped)
+        payload = self._payload(masks, head, seed, flipped, weight_names)
         logger.info("masking %s: %.2f%% of %d covered weights masked out, %.3f%% flipped by training",
                     arrival.task.name, 100 * payload.meta["masked_out_fraction"], payload.meta["covered_weights"],
                     100 * payload.meta["flipped_fraction"])
         return TrainedTask(model=model.eval(), payload=payload, fit=result)
 
-    def _payload(self, masks: dict[str, torch.Tensor], head: TaskHead, seed: int, flipped: int) -> ArtifactPayload:
+    def _payload(self, masks: dict[str, torch.Tensor], head: TaskHead, seed: int, flipped: int,
+                 weight_names: dict[str, str]) -> ArtifactPayload:
         tensors, masks_meta = pack_masks(masks, entropy_coded=self.config.entropy_coded, key=MASK_KEY)
         covered = sum(m.numel() for m in masks.values())
         kept = sum(int(m.sum()) for m in masks.values())
@@ -301,7 +305,10 @@ class MaskingMethod(Method):
                 "head": HEAD_TRAINED if self.config.train_head else HEAD_FROZEN,
                 "head_seed": None if self.config.train_head else seed,
                 "covered_weights": covered, "masked_out_fraction": 1.0 - kept / covered,
-                "flipped_fraction": flipped / covered}
+                "flipped_fraction": flipped / covered,
+                # analysis.placement's contract: backbone tensor -> [entries masked out, entries].
+                "placement": {weight_names[name]: [m.numel() - int(m.sum()), m.numel()]
+                              for name, m in masks.items() if name in weight_names}}
         return ArtifactPayload(tensors=tensors, meta=meta, new_params=new_params, lower_bound_bits=bound)
 
     def _stored(self, artifact, task, encoder: nn.Module

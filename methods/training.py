@@ -134,7 +134,8 @@ def fit(model: nn.Module, groups: list[dict], train: TokenizedSplit, dev: Tokeni
         epochs / max_steps: training length; ``max_steps`` wins when set.
         eval_every_steps: model-selection interval; default once per epoch (and at the last step).
         extra_loss: called each step and added to the task loss (for example an L0 penalty).
-        after_step: called with the step number after each optimizer step.
+        after_step: called with the step number after each optimizer step (bench/step_cost.py times
+            steps with it).
     """
     start = time.perf_counter()
     params = [p for g in groups for p in g["params"]]
@@ -143,7 +144,9 @@ def fit(model: nn.Module, groups: list[dict], train: TokenizedSplit, dev: Tokeni
     steps_per_epoch = max(1, math.ceil(len(train) / batch_size))
     total = max_steps if max_steps is not None else epochs * steps_per_epoch
     interval = eval_every_steps or steps_per_epoch
-    optimizer = torch.optim.AdamW(groups)
+    # The fused kernel is several times faster than the per-tensor loop on CPU (0.04 s vs 0.19 s per step
+    # for all of MiniLM) and exists on CUDA too.
+    optimizer = torch.optim.AdamW(groups, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total, config.warmup_ratio))
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -162,11 +165,12 @@ def fit(model: nn.Module, groups: list[dict], train: TokenizedSplit, dev: Tokeni
             logits = model(**_model_inputs(batch, device))
             loss = task_loss(logits, batch["labels"].to(device), task)
             objective = loss + extra_loss() if extra_loss is not None else loss
-            optimizer.zero_grad(set_to_none=True)
             objective.backward()
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
+            # Freed here rather than before the next backward, so they are not held through the next forward.
+            optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
             if after_step is not None:

@@ -176,3 +176,18 @@ def test_the_pooler_is_masked_when_the_backbone_keeps_it(tiny_model_dir, glue_di
 def test_bad_options_are_refused_with_the_field_named(options, match, tiny_backbone):
     with pytest.raises(ConfigError, match=match):
         build_method("masking", options, tiny_backbone)
+
+
+def test_placement_names_every_covered_backbone_matrix(tiny_backbone, glue_dir):
+    from analysis.placement import describe_parameter
+
+    method = build_method("masking", {}, tiny_backbone)
+    trained = method.train(_arrival(tiny_backbone, glue_dir))
+    placement = trained.payload.meta["placement"]
+    encoder_names = dict(tiny_backbone.encoder.named_parameters())
+    assert len(placement) == len(method.blocks) * 6 and set(placement) <= set(encoder_names)
+    for name, (changed, total) in placement.items():
+        assert total == encoder_names[name].numel() and 0 < changed < total
+        assert describe_parameter(name)[0] in {str(b) for b in method.blocks}
+    masked = sum(c for c, _ in placement.values()) / sum(t for _, t in placement.values())
+    assert masked == pytest.approx(trained.payload.meta["masked_out_fraction"])

@@ -3,11 +3,12 @@
 One TaskBank serves a run made with the real backbone (all-MiniLM-L6-v2 by default) and every method. For
 each method the bank switches between the run's tasks many times (every timed switch goes from one task of
 the method to another: revert the active task's patch, apply the next one's, or, for methods without a
-patch, rebuild the model with ``Method.load``). The baseline, timed in the same rounds, is what a server
-without patches does for full finetuning: read the task's full-finetuning artifact with the store (size and
-sha256 checks) and ``load_state_dict`` it, with the head, into an already built model. Rounds interleave
-the methods and the baseline, so a busy machine slows all of them alike. Reports the median (and 10th/90th
-percentiles) per method and the baseline's median over each method's median.
+patch, rebuild the model with ``Method.load``). The baselines, timed in the same rounds, are what a server
+without patches does for full finetuning: load the task's full-finetuning artifact, encoder and head, into a
+model built beforehand (``load_state_dict``), reading it with the store (size and sha256 checked, as every
+taskstream read is) or, second baseline, mapping the file with safetensors without any check. Rounds
+interleave the methods and the baselines in a shuffled order, so a busy machine slows all of them alike.
+Reports the median (and 10th/90th percentiles) per method and each baseline's median over it.
 
 The run directory is made first when it does not exist, with tiny budgets (training quality does not
 matter for latency):
@@ -72,20 +73,28 @@ def make_run(args: argparse.Namespace) -> None:
     print(f"made the run in {time.perf_counter() - started:.0f}s: {args.run_dir}", flush=True)
 
 
-def full_copy_load(bank, label: str):
-    """The baseline: read a full-finetuning artifact from disk (store checks included) and load_state_dict it,
-    with its head, into one model built beforehand. Returns a function of the task name."""
+def full_copy_loaders(bank, label: str) -> dict:
+    """The baselines, as functions of a task name. Both load a full-finetuning artifact's encoder and head into
+    one model built beforehand (``load_state_dict``); ``checked`` reads it with the store (size and sha256
+    checked, as every taskstream read is), ``unchecked`` maps the tensor file with safetensors, no checks."""
+    from safetensors.torch import load_file
+
     from methods.task_model import load_head
 
     encoder = bank.backbone.fresh_encoder()
 
-    def load(task: str) -> None:
-        artifact = bank.store.read(bank.entry(task, label).key)
-        own = {k[len("encoder."):]: v for k, v in artifact.tensors.items() if k.startswith("encoder.")}
-        encoder.load_state_dict(own, strict=False)
-        load_head(artifact.tensors, bank.backbone.hidden_size, bank.task_specs[task].num_outputs)
+    def into_model(tensors, task: str) -> None:
+        encoder.load_state_dict({k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")},
+                                strict=False)
+        load_head(tensors, bank.backbone.hidden_size, bank.task_specs[task].num_outputs)
 
-    return load
+    def checked(task: str) -> None:
+        into_model(bank.store.read(bank.entry(task, label).key).tensors, task)
+
+    def unchecked(task: str) -> None:
+        into_model(load_file(bank.store.paths(bank.entry(task, label).key)[0]), task)
+
+    return {"full copy, store read": checked, "full copy, unchecked read": unchecked}
 
 
 SENTENCES = ["a gripping, beautifully acted film", "the plot goes nowhere and the jokes fall flat",
@@ -118,6 +127,103 @@ def summary(seconds: list[float]) -> dict[str, float]:
     return {"median_ms": statistics.median(ms), "p10_ms": ms[decile - 1], "p90_ms": ms[-decile], "n": len(ms)}
 
 
+def first_switches(bank) -> tuple[dict[str, bool], dict[str, list[float]]]:
+    """Switch once to every (method, task), timing it (read and verify the artifact, build the patch); whether
+    each method switches in place."""
+    for label in bank.methods:
+        bank.method(label)  # build the method objects (and import their libraries) before any timing
+    in_place, cold = {}, {}
+    for label in bank.methods:
+        cold[label] = []
+        for task in bank.tasks(label):
+            bank.reset()
+            start = time.perf_counter()
+            bank.switch(task, label)
+            cold[label].append(time.perf_counter() - start)
+            in_place[label] = bank.active_patch is not None
+    return in_place, cold
+
+
+def timed_rounds(bank, baselines: dict, full: str, rounds: int, seed: int) -> dict[str, list[float]]:
+    """``rounds`` rounds; in each, every method switches once from one of its tasks to the next (timed, after
+    an untimed switch to the first) and every baseline loads once, in a shuffled order."""
+    tasks = {label: bank.tasks(label) for label in bank.methods}
+    tasks.update({name: bank.tasks(full) for name in baselines})
+    timed: dict[str, list[float]] = {name: [] for name in tasks}
+    position = dict.fromkeys(tasks, 0)
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        order = list(tasks)
+        rng.shuffle(order)
+        for name in order:
+            names = tasks[name]
+            if name in baselines:
+                load, arguments = baselines[name], ()
+            else:
+                bank.switch(names[position[name] % len(names)], name)  # this method active, untimed
+                load, arguments = bank.switch, (name,)
+            position[name] += 1
+            start = time.perf_counter()
+            load(names[position[name] % len(names)], *arguments)
+            timed[name].append(time.perf_counter() - start)
+    return timed
+
+
+def report(args, bank, full: str, rows: dict, in_place: dict, cold: dict, exact: dict) -> tuple[dict, str]:
+    """The JSON record and the markdown text."""
+    from stream.runner import package_versions
+
+    sizes: dict[str, dict[str, int]] = {}
+    for row in (json.loads(line) for line in (args.run_dir / "ledger.jsonl").read_text().splitlines()):
+        sizes.setdefault(row["method"], {})[row["task"]] = row["artifact_bytes"]
+    checked, unchecked = rows["full copy, store read"]["median_ms"], rows["full copy, unchecked read"]["median_ms"]
+    results = [{"method": label, "switch": "in-place patch" if in_place[label] else "reload (Method.load)",
+                **rows[label], "store_read_load_over_switch": checked / rows[label]["median_ms"],
+                "unchecked_load_over_switch": unchecked / rows[label]["median_ms"],
+                "first_switch_ms": 1000 * statistics.mean(cold[label]),
+                "mean_artifact_bytes": statistics.mean(sizes[label].values()), "equals_method_load": exact[label]}
+               for label in bank.methods]
+    record = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "run_dir": str(args.run_dir), "run_config": bank.config, "backbone": bank.backbone.identity,
+        "backbone_parameters": bank.backbone.num_parameters, "tasks": list(bank.tasks(full)),
+        "threads": args.threads, "switches_per_method": args.switches, "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(), "machine": platform.machine(), "versions": package_versions(),
+        "baselines": {name: rows[name] for name in ("full copy, store read", "full copy, unchecked read")},
+        "methods": results,
+    }
+    lines = [f"Switch latency on {bank.backbone.identity} ({bank.backbone.num_parameters:,} parameters), "
+             f"{args.threads} torch thread(s), median of {args.switches} switches per method alternating over "
+             f"{', '.join(bank.tasks(full))}; load average at the end {record['load_average'][0]:.2f} on "
+             f"{os.cpu_count()} cores (other jobs shared the machine; rounds interleave every method and the "
+             "baselines, so they shared the slowdown).", "",
+             f"The run served: methods {', '.join(bank.methods)}; budget {json.dumps(bank.config['budget'])} "
+             "(made by this script from --data-dir when the run directory does not exist).", "",
+             "Baselines, loading a full finetuned copy from disk into a model built beforehand "
+             "(`load_state_dict`, encoder and head):", ""]
+    for name in ("full copy, store read", "full copy, unchecked read"):
+        what = ("the store's read, which checks size and sha256 (what taskstream does)" if "store" in name
+                else "safetensors `load_file`, no checks")
+        lines.append(f"- {name} ({what}): median {rows[name]['median_ms']:.1f} ms "
+                     f"(p10 {rows[name]['p10_ms']:.1f}, p90 {rows[name]['p90_ms']:.1f})")
+    lines += ["", "| method | switch | median ms | p10 ms | p90 ms | store-read load / switch | unchecked load / "
+              "switch | first switch ms | artifact bytes | logits = Method.load's |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        lines.append(f"| {r['method']} | {r['switch']} | {r['median_ms']:.2f} | {r['p10_ms']:.2f} | "
+                     f"{r['p90_ms']:.2f} | {r['store_read_load_over_switch']:.1f}x | "
+                     f"{r['unchecked_load_over_switch']:.1f}x | {r['first_switch_ms']:.1f} | "
+                     f"{r['mean_artifact_bytes']:,.0f} | {'bit for bit' if r['equals_method_load'] else 'NO'} |")
+    lines += ["", "A switch goes from one task of the method to another (revert, then apply; or rebuild with "
+              "`Method.load`). The first switch to a task (mean over the tasks) also reads and verifies its "
+              "artifact and builds its patch. After the first time, full-finetuning artifacts come from the "
+              "page cache, so the baselines are warm-cache reads.", "",
+              "Every method's logits were compared with those of the model `Method.load` rebuilds from the same "
+              "file (all tasks, a few sentences); the backbone's fingerprint after the last revert was the "
+              "original's."]
+    return record, "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -125,7 +231,6 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO))  # this checkout's packages, not an installed copy
     import torch
 
-    from stream.runner import package_versions
     from stream.serving import TaskBank
 
     logging.basicConfig(level=logging.WARNING)
@@ -135,97 +240,18 @@ def main(argv=None) -> int:
     full = next((label for label in bank.methods if bank.entry(bank.tasks(label)[0], label).method_name == "full"),
                 None)
     if full is None:
-        raise SystemExit("the run needs a full-finetuning method for the baseline")
-    baseline = full_copy_load(bank, full)
-    tasks = {label: bank.tasks(label) for label in bank.methods}
-    timed = {label: [] for label in bank.methods}
-    timed["baseline"] = []
-    position = {label: 0 for label in timed}
-
-    def next_task(label: str) -> str:
-        names = tasks[full if label == "baseline" else label]
-        position[label] += 1
-        return names[position[label] % len(names)]
-
-    in_place, cold = {}, {}
-    for label in bank.methods:
-        bank.method(label)  # build the method objects (and import their libraries) before any timing
-    for label in bank.methods:  # first switches: read and verify the artifact, build the patch
-        cold[label] = []
-        for task in tasks[label]:
-            bank.reset()
-            start = time.perf_counter()
-            bank.switch(task, label)
-            cold[label].append(time.perf_counter() - start)
-            in_place[label] = bank.active_patch is not None
-    rng = random.Random(args.seed)
-    for _ in range(args.switches):
-        order = list(timed)
-        rng.shuffle(order)
-        for label in order:
-            if label == "baseline":
-                task = next_task(label)
-                start = time.perf_counter()
-                baseline(task)
-                timed[label].append(time.perf_counter() - start)
-                continue
-            bank.switch(tasks[label][position[label] % len(tasks[label])], label)  # this method active, untimed
-            task = next_task(label)
-            start = time.perf_counter()
-            bank.switch(task, label)
-            timed[label].append(time.perf_counter() - start)
+        raise SystemExit("the run needs a full-finetuning method for the baselines")
+    in_place, cold = first_switches(bank)
+    timed = timed_rounds(bank, full_copy_loaders(bank, full), full, args.switches, args.seed)
     exact = exact_everywhere(bank)
     bank.reset(verify=True)  # raises unless the backbone is bit for bit the original
-
-    rows = {label: summary(seconds) for label, seconds in timed.items()}
-    base = rows["baseline"]["median_ms"]
-    sizes = {}
-    for row in (json.loads(line) for line in (args.run_dir / "ledger.jsonl").read_text().splitlines()):
-        sizes.setdefault(row["method"], {})[row["task"]] = row["artifact_bytes"]
-    results = []
-    for label in bank.methods:
-        results.append({"method": label, "switch": "in-place patch" if in_place[label] else "reload (Method.load)",
-                        "equals_method_load": exact[label],
-                        **rows[label], "baseline_over_switch": base / rows[label]["median_ms"],
-                        "first_switch_ms": 1000 * statistics.mean(cold[label]),
-                        "mean_artifact_bytes": statistics.mean(sizes[label].values())})
-    record = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "run_dir": str(args.run_dir), "run_config": bank.config, "backbone": bank.backbone.identity,
-        "backbone_parameters": bank.backbone.num_parameters, "tasks": {k: list(v) for k, v in tasks.items()},
-        "threads": args.threads, "switches_per_method": args.switches, "cpu_count": os.cpu_count(),
-        "load_average": os.getloadavg(), "machine": platform.machine(), "versions": package_versions(),
-        "baseline": {"what": "store.read (size + sha256 check) of a full-finetuning artifact + "
-                             "load_state_dict into a prebuilt encoder + head", **rows["baseline"]},
-        "methods": results,
-    }
-    lines = [f"Switch latency on {bank.backbone.identity} ({bank.backbone.num_parameters:,} parameters), "
-             f"{args.threads} torch thread(s), median of {args.switches} switches per method alternating over "
-             f"{', '.join(tasks[full])}; load average at the end {record['load_average'][0]:.2f} "
-             f"on {os.cpu_count()} cores.", "",
-             f"The run served: methods {', '.join(bank.methods)}; budget {json.dumps(bank.config['budget'])} "
-             "(made by this script from --data-dir when the run directory does not exist).", "",
-             f"Baseline, loading a full finetuned copy from disk (store read with sha256 + load_state_dict): "
-             f"median {base:.1f} ms (p10 {rows['baseline']['p10_ms']:.1f}, p90 {rows['baseline']['p90_ms']:.1f}).",
-             "", "| method | switch | median ms | p10 ms | p90 ms | full-copy load / switch | first switch ms "
-             "| artifact bytes | logits = Method.load's |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    for r in results:
-        lines.append(f"| {r['method']} | {r['switch']} | {r['median_ms']:.2f} | {r['p10_ms']:.2f} | "
-                     f"{r['p90_ms']:.2f} | {r['baseline_over_switch']:.1f}x | {r['first_switch_ms']:.1f} | "
-                     f"{r['mean_artifact_bytes']:,.0f} | {'bit for bit' if r['equals_method_load'] else 'NO'} |")
-    lines += ["", "A switch goes from one task of the method to another (revert, then apply; or rebuild with "
-              "`Method.load`). The first switch to a task (mean over the tasks) also reads and verifies its "
-              "artifact and builds its patch. Full-finetuning artifacts are read from the page cache after the "
-              "first time, so the baseline is a warm-cache read.", "", "Every method's logits were compared with those of the model `Method.load` rebuilds from the same "
-              "file (all tasks, a few sentences); the backbone's fingerprint after the last revert was the "
-              "original's."]
-    text = "\n".join(lines)
+    rows = {name: summary(seconds) for name, seconds in timed.items()}
+    record, text = report(args, bank, full, rows, in_place, cold, exact)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text("# Switch latency\n\n" + text + "\n\nCommand: `"
-                                               + record["command"] + "`\n")
+        args.out.with_suffix(".md").write_text(f"# Switch latency\n\n{text}\n\nCommand: `{record['command']}`\n")
     return 0
 
 

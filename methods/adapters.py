@@ -32,6 +32,7 @@ from torch import nn
 
 from methods.backbone import transformer_blocks
 from methods.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
+from methods.patches import AssignValues, ServingPatch, SwapModules, module_paths, shared_skeleton
 from methods.task_model import TaskModel, head_state, load_head
 from methods.training import decay_groups
 from stream.errors import ArtifactError, ConfigError
@@ -208,9 +209,11 @@ class AdaptersMethod(Method):
         payload = ArtifactPayload(tensors=tensors, meta=meta, new_params=sum(t.numel() for t in tensors.values()))
         return TrainedTask(model=model, payload=payload, fit=result)
 
-    def load(self, artifact, task) -> TaskModel:
+    def _insert_stored(self, artifact, encoder: nn.Module) -> dict[str, torch.Tensor]:
+        """Insert the artifact's adapters into ``encoder``, filled with the stored tensors, and return the
+        stored LayerNorm tensors under ``encoder``'s parameter names (not written: ``encoder`` may be a
+        skeleton sharing the live weights)."""
         meta = artifact.meta
-        encoder = self.backbone.fresh_encoder()
         adapters = insert_adapters(encoder, int(meta["bottleneck"]))
         if list(adapters) != meta["sublayers"]:
             raise ArtifactError(f"Adapter artifact {artifact.record.tensor_path} was written for sublayers "
@@ -228,13 +231,39 @@ class AdaptersMethod(Method):
             missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
             raise ArtifactError(f"Adapter artifact {artifact.record.tensor_path} does not match its sidecar: "
                                 f"missing {missing[:3]}, unexpected {extra[:3]}.")
+        for name, param in expected.items():
+            if stored[name].shape != param.shape:
+                raise ArtifactError(f"Adapter artifact tensor {name} has shape {tuple(stored[name].shape)}, "
+                                    f"expected {tuple(param.shape)}.")
         with torch.no_grad():
             for name, param in expected.items():
-                if stored[name].shape != param.shape:
-                    raise ArtifactError(f"Adapter artifact tensor {name} has shape {tuple(stored[name].shape)}, "
-                                        f"expected {tuple(param.shape)}.")
-                param.copy_(stored[name])
+                if name.startswith(ADAPTER_PREFIX):
+                    param.copy_(stored[name])
+        return {name[len(LAYER_NORM_PREFIX):]: stored[name].to(param.device, param.dtype)
+                for name, param in expected.items() if name.startswith(LAYER_NORM_PREFIX)}
+
+    def load(self, artifact, task) -> TaskModel:
+        encoder = self.backbone.fresh_encoder()
+        norm_values = self._insert_stored(artifact, encoder)
+        with torch.no_grad():
+            for name, value in norm_values.items():
+                encoder.get_parameter(name).copy_(value)
         encoder.requires_grad_(False)
         head = load_head(artifact.tensors, self.backbone.hidden_size, task.num_outputs, self.config.head_dropout)
         return TaskModel(encoder, head.to(self.device), self.backbone.pooling).eval()
 
+    def serving_patch(self, artifact, task) -> ServingPatch:
+        """Swap the task's adapter-carrying dropouts into the live encoder and write its LayerNorms.
+
+        The adapters are inserted by :meth:`load`'s own code into a skeleton sharing the live weights; the
+        ``DropoutThenAdapter`` modules it made are what the patch swaps in (their dropouts are parameterless
+        copies of the live ones).
+        """
+        skeleton = shared_skeleton(self.backbone.encoder)
+        norm_values = self._insert_stored(artifact, skeleton)
+        skeleton.requires_grad_(False)
+        paths = module_paths(skeleton)
+        swaps = {f"{paths[id(output)]}.dropout": output.dropout for output in sublayer_outputs(skeleton).values()}
+        head = load_head(artifact.tensors, self.backbone.hidden_size, task.num_outputs, self.config.head_dropout)
+        edits = [SwapModules(swaps)] + ([AssignValues(norm_values)] if norm_values else [])
+        return ServingPatch(edits, head.to(self.device), self.backbone.pooling)

@@ -26,6 +26,7 @@ from stream.validation import check_real, unknown_name_error
 
 if TYPE_CHECKING:
     from methods.backbone import Backbone
+    from methods.patches import ServingPatch
     from methods.task_model import TaskHead, TaskModel
     from methods.training import FitResult
     from stream.scenario import Arrival
@@ -197,6 +198,17 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def load(self, artifact: LoadedArtifact, task: TaskSpec) -> TaskModel:
         """Rebuild ``task``'s model from the shared backbone plus ``artifact`` alone, in eval mode."""
+
+    def serving_patch(self, artifact: LoadedArtifact, task: TaskSpec) -> ServingPatch | None:
+        """How a server switches the shared live encoder (``self.backbone.encoder``) to ``task`` in place.
+
+        A method whose task model is the backbone plus a small change returns a
+        :class:`~methods.patches.ServingPatch`: its ``apply`` turns the live encoder into exactly what
+        :meth:`load` rebuilds from ``artifact`` (logits equal bit for bit) and its ``revert`` restores the
+        encoder bit for bit. Called only while no other patch is applied. The default, None, means the
+        server rebuilds the model with :meth:`load` at every switch (full finetuning, evolving methods).
+        """
+        return None
 
 
 _REGISTRY: dict[str, type[Method]] = {}

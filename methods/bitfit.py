@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from methods.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
+from methods.patches import AssignValues, ServingPatch
 from methods.task_model import TaskModel, head_state, load_head
 from methods.training import decay_groups
 from stream.errors import ArtifactError
@@ -74,8 +75,8 @@ class BitFitMethod(Method):
                                   new_params=sum(t.numel() for t in tensors.values()))
         return TrainedTask(model=model, payload=payload, fit=result)
 
-    def load(self, artifact, task) -> TaskModel:
-        encoder = self.backbone.fresh_encoder()
+    def _bias_values(self, artifact, encoder: nn.Module) -> dict[str, torch.Tensor]:
+        """The stored biases split per bias parameter of ``encoder`` (name -> tensor of its shape)."""
         biases = bias_parameters(encoder)
         values = artifact.tensors.get(BIAS_KEY)
         layout = bias_layout_hash(biases)
@@ -86,8 +87,21 @@ class BitFitMethod(Method):
                 f"{'no ' + BIAS_KEY if values is None else f'{values.numel()} bias values'} with layout "
                 f"{artifact.meta.get('layout')!r}; the backbone has {count} in layout {layout!r}. "
                 "Load it with the backbone it was trained on.")
+        parts = torch.split(values, [p.numel() for p in biases.values()])
+        return {name: part.reshape(p.shape).to(p.device, p.dtype)
+                for (name, p), part in zip(biases.items(), parts)}
+
+    def load(self, artifact, task) -> TaskModel:
+        encoder = self.backbone.fresh_encoder()
+        biases = bias_parameters(encoder)
         with torch.no_grad():
-            for param, part in zip(biases.values(), torch.split(values, [p.numel() for p in biases.values()])):
-                param.copy_(part.reshape(param.shape))
+            for name, value in self._bias_values(artifact, encoder).items():
+                biases[name].copy_(value)
         head = load_head(artifact.tensors, self.backbone.hidden_size, task.num_outputs, self.config.head_dropout)
         return TaskModel(encoder, head.to(self.device), self.backbone.pooling).eval()
+
+    def serving_patch(self, artifact, task) -> ServingPatch:
+        """Write the task's biases into the live encoder (the backbone's biases are kept and assigned back)."""
+        values = self._bias_values(artifact, self.backbone.encoder)
+        head = load_head(artifact.tensors, self.backbone.hidden_size, task.num_outputs, self.config.head_dropout)
+        return ServingPatch([AssignValues(values)], head.to(self.device), self.backbone.pooling)

@@ -45,6 +45,11 @@ density along the way (``expected_density_trace``, at most ``TRACE_POINTS`` ``[s
 step 0) and what the projection saw (``projection``: a histogram of log10 |diff|, the exact zeros, the
 threshold). :mod:`analysis.diff_stages` turns these into tables and figures (notebooks/02).
 
+Serving: :meth:`DiffPruningMethod.serving_patch` scatter-adds the k stored values into a live shared
+encoder's flat weights in place and, on revert, assigns the k overwritten weights back, so a server switches
+tasks at the cost of k entries rather than a model copy (:mod:`stream.serving`,
+bench/results/switch_latency.md).
+
 Defaults and how they were chosen (bench/diff_pruning_sweep.py; tables in
 bench/results/diff_pruning_sweep.md). SST-2 on all-MiniLM-L6-v2, 512 training examples, 4 epochs of
 batch 32 (32 L0 + 32 fixed-mask steps), seed 0; test = GLUE validation scored from the stored file.
@@ -109,6 +114,7 @@ from methods.codecs import (VALUE_DTYPES, pack_sparse_tensors, positions_lower_b
                             unpack_sparse_tensors)
 from methods.flat_params import FlatLayout, FunctionalEncoder
 from methods.hard_concrete import HardConcrete
+from methods.patches import AddAtPositions, ServingPatch
 from methods.task_model import HEAD_PREFIX, TaskModel, head_state, load_head
 from methods.training import FitResult, decay_groups, evaluate
 from stream.errors import ArtifactError, ConfigError
@@ -548,31 +554,46 @@ class DiffPruningMethod(Method):
         return ArtifactPayload(tensors=tensors, meta=meta, new_params=len(positions) + head_params,
                                lower_bound_bits=lower)
 
-    def _model_from_tensors(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
-                            task) -> TaskModel:
-        """Backbone + the stored diff, materialised as a plain encoder (the one rebuild path)."""
+    def _stored_diff(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], encoder: nn.Module
+                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The stored diff per parameter of ``encoder``: (flat positions (k_i,) int64, values (k_i,)), each on
+        that parameter's device and in its dtype; parameters without nonzeros are left out."""
         if DIFF_KEY not in meta:
             raise ArtifactError(f"A diff pruning artifact needs {DIFF_KEY!r} in its metadata; found "
                                 f"{', '.join(sorted(meta)) or 'none'}. Was it written by another method?")
         sparse = unpack_sparse_tensors(tensors, meta[DIFF_KEY])
-        encoder = self.backbone.fresh_encoder()
         params = dict(encoder.named_parameters())
         sizes = dict(zip(meta[DIFF_KEY]["names"], meta[DIFF_KEY]["numel"]))
         mismatched = sorted(name for name in sparse if name not in params or params[name].numel() != sizes[name])
         if mismatched:
             raise ArtifactError(f"The artifact's diff names {len(mismatched)} tensor(s) this backbone lacks or has "
                                 f"in another size, e.g. {mismatched[0]!r}: it was made for another backbone.")
+        return {name: (torch.from_numpy(np.ascontiguousarray(local)).to(params[name].device),
+                       values.to(params[name].device, params[name].dtype))
+                for name, (local, values) in sparse.items() if local.size}
+
+    def _model_from_tensors(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
+                            task) -> TaskModel:
+        """Backbone + the stored diff, materialised as a plain encoder (the one rebuild path)."""
+        encoder = self.backbone.fresh_encoder()
+        params = dict(encoder.named_parameters())
         with torch.no_grad():
-            for name, (local, values) in sparse.items():
-                param = params[name]
-                if local.size:
-                    index = torch.from_numpy(np.ascontiguousarray(local)).to(param.device)
-                    param.view(-1).index_add_(0, index, values.to(param.device, param.dtype))
+            for name, (index, values) in self._stored_diff(tensors, meta, encoder).items():
+                params[name].view(-1).index_add_(0, index, values)
         head = load_head(tensors, self.backbone.hidden_size, task.num_outputs, self.config.head_dropout)
         return TaskModel(encoder, head.to(self.device), self.backbone.pooling).eval()
 
     def load(self, artifact, task) -> TaskModel:
         return self._model_from_tensors(artifact.tensors, artifact.meta, task)
+
+    def serving_patch(self, artifact, task) -> ServingPatch:
+        """Scatter-add the k stored values into the live encoder's flat weights (``index_add_``, as ``load``
+        adds them to its copy); the k overwritten originals are kept and assigned back on revert."""
+        diff = self._stored_diff(artifact.tensors, artifact.meta, self.backbone.encoder)
+        edit = AddAtPositions({name: index for name, (index, _) in diff.items()},
+                              {name: values for name, (_, values) in diff.items()})
+        head = load_head(artifact.tensors, self.backbone.hidden_size, task.num_outputs, self.config.head_dropout)
+        return ServingPatch([edit], head.to(self.device), self.backbone.pooling)
 
 
 def _stage1_hook(source: nn.Module, steps: int, trace: list[list[float]]):

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from methods.backbone import transformer_blocks
 from methods.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
-from methods.task_model import TaskModel, head_state, load_head
+from methods.patches import AssignValues, ServingPatch, parameter_names
+from methods.task_model import HEAD_PREFIX, TaskModel, head_state, load_head
 from methods.training import decay_groups
-from stream.errors import ConfigError
+from stream.errors import ArtifactError, ConfigError
 from stream.validation import check_int
 
 BLOCK_PREFIX = "block."
@@ -89,14 +92,40 @@ class LastLayerMethod(Method):
                                   new_params=sum(t.numel() for t in tensors.values()))
         return TrainedTask(model=model, payload=payload, fit=result)
 
+    def _block_values(self, artifact, encoder) -> dict[str, torch.Tensor]:
+        """The artifact's tuned-block tensors under ``encoder``'s parameter names, checked against its blocks."""
+        names = parameter_names(encoder)
+        values, expected = {}, set()
+        for index, block in self._tuned_blocks(encoder).items():
+            for name, param in block.named_parameters():
+                stored = artifact.tensors.get(f"{BLOCK_PREFIX}{index}.{name}")
+                expected.add(f"{BLOCK_PREFIX}{index}.{name}")
+                if stored is None or stored.shape != param.shape:
+                    found = "missing" if stored is None else f"of shape {tuple(stored.shape)}"
+                    raise ArtifactError(f"{self.name} artifact {artifact.record.tensor_path} has block tensor "
+                                        f"{BLOCK_PREFIX}{index}.{name} {found}; this backbone's is "
+                                        f"{tuple(param.shape)}. Was it written with another k or backbone?")
+                values[names[id(param)]] = stored.to(param.device, param.dtype)
+        extra = sorted(k for k in artifact.tensors if not k.startswith(HEAD_PREFIX) and k not in expected)
+        if extra:
+            raise ArtifactError(f"{self.name} artifact {artifact.record.tensor_path} holds tensors of blocks this "
+                                f"method does not tune (k={self.k}), e.g. {extra[0]!r}.")
+        return values
+
     def load(self, artifact, task) -> TaskModel:
         encoder = self.backbone.fresh_encoder()
-        for index, block in self._tuned_blocks(encoder).items():
-            prefix = f"{BLOCK_PREFIX}{index}."
-            own = {k[len(prefix):]: v for k, v in artifact.tensors.items() if k.startswith(prefix)}
-            block.load_state_dict(own, strict=True)
+        params = dict(encoder.named_parameters())
+        with torch.no_grad():
+            for name, value in self._block_values(artifact, encoder).items():
+                params[name].copy_(value)
         head = load_head(artifact.tensors, self.backbone.hidden_size, task.num_outputs, self.config.head_dropout)
         return TaskModel(encoder, head.to(self.device), self.backbone.pooling).eval()
+
+    def serving_patch(self, artifact, task) -> ServingPatch:
+        """Write the task's blocks into the live encoder's top blocks (kept and assigned back on revert)."""
+        values = self._block_values(artifact, self.backbone.encoder)
+        head = load_head(artifact.tensors, self.backbone.hidden_size, task.num_outputs, self.config.head_dropout)
+        return ServingPatch([AssignValues(values)] if values else [], head.to(self.device), self.backbone.pooling)
 
 
 @register_method

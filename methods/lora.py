@@ -27,6 +27,7 @@ from torch import nn
 
 from methods.backbone import transformer_blocks
 from methods.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
+from methods.patches import ServingPatch, SwapModules, shared_skeleton
 from methods.task_model import HEAD_PREFIX, TaskModel, head_state, load_head
 from methods.training import decay_groups
 from stream.errors import ArtifactError, ConfigError
@@ -180,9 +181,9 @@ class LoraMethod(Method):
         payload = ArtifactPayload(tensors=tensors, meta=meta, new_params=sum(t.numel() for t in tensors.values()))
         return TrainedTask(model=model, payload=payload, fit=result)
 
-    def load(self, artifact, task) -> TaskModel:
+    def _inject_stored(self, artifact, encoder: nn.Module) -> list[str]:
+        """Inject the artifact's LoRA layers into ``encoder`` and set their tensors; return the adapted paths."""
         settings = dict(artifact.meta["peft"])
-        encoder = self.backbone.fresh_encoder()
         modules = resolve_targets(encoder, tuple(settings["target_modules"]))
         if modules != artifact.meta["modules"]:
             raise ArtifactError(f"LoRA artifact {artifact.record.tensor_path} adapted "
@@ -200,5 +201,22 @@ class LoraMethod(Method):
             raise ArtifactError(f"LoRA artifact {artifact.record.tensor_path} does not fit the LoRA layers its "
                                 f"sidecar describes: {exc}") from exc
         encoder.requires_grad_(False)
+        return modules
+
+    def load(self, artifact, task) -> TaskModel:
+        encoder = self.backbone.fresh_encoder()
+        self._inject_stored(artifact, encoder)
         head = load_head(artifact.tensors, self.backbone.hidden_size, task.num_outputs, self.config.head_dropout)
         return TaskModel(encoder, head.to(self.device), self.backbone.pooling).eval()
+
+    def serving_patch(self, artifact, task) -> ServingPatch:
+        """Swap the task's LoRA layers in for the live encoder's target linear layers.
+
+        peft injects them, as in :meth:`load`, into a skeleton sharing the live weights, so each LoRA layer
+        wraps a linear layer computing with the live weight and bias; only A and B are the task's own.
+        """
+        skeleton = shared_skeleton(self.backbone.encoder)
+        modules = self._inject_stored(artifact, skeleton)
+        head = load_head(artifact.tensors, self.backbone.hidden_size, task.num_outputs, self.config.head_dropout)
+        swaps = SwapModules({path: skeleton.get_submodule(path) for path in modules})
+        return ServingPatch([swaps], head.to(self.device), self.backbone.pooling)

@@ -65,6 +65,7 @@ from torch.nn.utils import parametrize
 from methods.backbone import transformer_blocks
 from methods.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
 from methods.codecs import mask_lower_bound_bits, pack_masks, unpack_masks
+from methods.patches import ServingPatch, ZeroAtPositions, parameter_names
 from methods.task_model import TaskHead, TaskModel, head_state, load_head
 from methods.training import decay_groups
 from stream.errors import ArtifactError, ConfigError
@@ -316,14 +317,15 @@ class MaskingMethod(Method):
                               for name, m in masks.items() if name in weight_names}}
         return ArtifactPayload(tensors=tensors, meta=meta, new_params=new_params, lower_bound_bits=bound)
 
-    def load(self, artifact, task) -> TaskModel:
+    def _stored(self, artifact, task, encoder: nn.Module
+                ) -> tuple[TaskHead, dict[str, nn.Linear], dict[str, torch.Tensor]]:
+        """The task's head, the covered modules of ``encoder`` and that head, and their stored masks (checked)."""
         meta = artifact.meta
         expected = HEAD_TRAINED if self.config.train_head else HEAD_FROZEN
         if meta.get("head") != expected:
             raise ArtifactError(f"masking artifact {artifact.record.tensor_path} has a {meta.get('head')!r} head "
                                 f"but this method is configured for a {expected!r} one (train_head).")
         masks = unpack_masks(artifact.tensors, meta["masks"])
-        encoder = self.backbone.fresh_encoder()
         if self.config.train_head:
             head = load_head(artifact.tensors, self.backbone.hidden_size, task.num_outputs,
                              self.config.head_dropout).to(self.device)
@@ -338,5 +340,26 @@ class MaskingMethod(Method):
             if masks[name].shape != module.weight.shape:
                 raise ArtifactError(f"masking artifact: mask {name!r} has shape {tuple(masks[name].shape)}, "
                                     f"the backbone's weight {tuple(module.weight.shape)}.")
+        return head, modules, masks
+
+    def load(self, artifact, task) -> TaskModel:
+        encoder = self.backbone.fresh_encoder()
+        head, modules, masks = self._stored(artifact, task, encoder)
         apply_masks(modules, masks)
         return TaskModel(encoder, head, self.backbone.pooling).eval()
+
+    def serving_patch(self, artifact, task) -> ServingPatch:
+        """Multiply the live encoder's masked-out weights by zero; the k originals are kept and assigned back.
+
+        Only the masked-out positions change (``w * 1 == w`` exactly), so the patch holds their flat
+        positions (about 5% of the covered weights) rather than the dense masks. A masked random head is
+        the task's own and is masked once, here.
+        """
+        encoder = self.backbone.encoder
+        head, modules, masks = self._stored(artifact, task, encoder)
+        if HEAD_MASK in modules:
+            apply_masks({HEAD_MASK: modules.pop(HEAD_MASK)}, masks)
+        names = parameter_names(encoder)
+        positions = {names[id(module.weight)]: torch.nonzero(~masks[name].reshape(-1)).reshape(-1).to(self.device)
+                     for name, module in modules.items()}
+        return ServingPatch([ZeroAtPositions(positions)], head, self.backbone.pooling)

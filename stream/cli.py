@@ -2,7 +2,8 @@
 
 Subcommands: ``run`` (run or resume a stream), ``sweep`` (run or resume a study: many runs from one spec,
 on local worker processes or Ray), ``plot`` and ``report`` (figures and a report of a run or a study),
-``compare`` (one report over several runs and studies), ``methods`` and ``tasks`` (what is registered).
+``compare`` (one report over several runs and studies), ``predict`` (answer for any task of a finished run,
+served from one backbone), ``methods`` and ``tasks`` (what is registered).
 User errors print one clear message and exit with status 2; nothing already written is touched.
 """
 
@@ -204,6 +205,56 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _add_predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="predict with a finished run's task models, served from one backbone",
+                       description="Load the run's backbone once and answer for one of its tasks from that task's "
+                                   "artifact: the predicted label name with every class's probability "
+                                   "(tab-separated), or the regression value; one line per example.")
+    p.add_argument("run", type=Path, metavar="RUN", help="a run directory")
+    p.add_argument("texts", nargs="*", metavar="TEXT",
+                   help="one example: its text, or the two texts of a pair task (each quoted)")
+    p.add_argument("--task", required=True, help="the task to answer for, as named in the run")
+    p.add_argument("--method", help="the method label to answer with (needed when the run has several)")
+    p.add_argument("--file", type=Path, help="examples from a file instead: one per line (a tab between the texts "
+                                             "of a pair), or a .csv whose header names the task's text columns")
+    p.add_argument("--json", action="store_true", help="one JSON object per example, with its texts")
+    p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default: 32)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+
+
+def _cmd_predict(args) -> int:
+    import json
+
+    from stream.errors import ConfigError, DataError
+    from stream.serving import TaskBank, as_examples, read_examples
+    from stream.validation import check_int
+
+    check_int("", "--batch-size", args.batch_size, minimum=1)
+    # Names and examples are checked before the backbone loads, so a typo fails at once.
+    bank = TaskBank(args.run, device=args.device)
+    task = bank.task_spec(args.task)
+    bank.entry(args.task, args.method)
+    if args.file is not None:
+        if args.texts:
+            raise ConfigError("Give the examples either as TEXT arguments or with --file, not both.")
+        examples = read_examples(args.file, task)
+    elif not args.texts:
+        raise DataError(f"No example given: add the text{'s' * (len(task.text_columns) > 1)} of one example "
+                        f"({' and '.join(task.text_columns)}) as argument(s), or --file PATH.")
+    else:
+        examples = as_examples(task, [tuple(args.texts)])
+    with bank:
+        predictions = bank.predict(args.task, examples, method=args.method, batch_size=args.batch_size)
+    for texts, prediction in zip(examples, predictions):
+        if args.json:
+            print(json.dumps({"texts": list(texts), **prediction.to_dict()}))
+        elif prediction.label is None:
+            print(f"{prediction.value:.4f}")
+        else:
+            print("\t".join([prediction.label] + [f"{name}={p:.4f}" for name, p in prediction.probabilities.items()]))
+    return 0
+
+
 def _cmd_methods(args) -> int:
     from methods.base import registered_methods
 
@@ -239,18 +290,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", type=Path, nargs="+", metavar="RUN_OR_STUDY")
     p.add_argument("--out", type=Path, default=Path("runs/comparison"),
                    help="where report.md, report.html and figures/ go (default: runs/comparison)")
+    _add_predict_parser(sub)
     sub.add_parser("methods", help="list the registered methods")
     sub.add_parser("tasks", help="list the registered tasks")
     return parser
 
 
 _COMMANDS = {"run": _cmd_run, "sweep": _cmd_sweep, "plot": _cmd_plot, "report": _cmd_report,
-             "compare": _cmd_compare, "methods": _cmd_methods, "tasks": _cmd_tasks}
+             "compare": _cmd_compare, "predict": _cmd_predict, "methods": _cmd_methods, "tasks": _cmd_tasks}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``taskstream`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.command != "predict" or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        # argparse gives a positional list only the strings before the first option: `predict RUN --task t
+        # "text"` leaves "text" over. A one-word text starting with "-" must come before the options.
+        args.texts += extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from stream.errors import TaskstreamError

@@ -1,0 +1,226 @@
+"""Multi-task serving: in-place switches are exact, the backbone comes back bit for bit, and the
+``taskstream predict`` command answers with label names and values, and refuses bad input clearly.
+
+One tiny run trains every row of the method matrix on three tasks (one-text classification, pair
+classification, regression); a TaskBank then switches among all (method, task) pairs in a random order.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from methods.backbone import load_backbone, state_fingerprint
+from methods.base import build_method
+from methods.patches import AddAtPositions, AssignValues, Edit, ServingPatch, ZeroAtPositions
+from methods.task_model import TaskHead
+from stream.config import MethodSpec, RunConfig
+from stream.errors import ConfigError, DataError
+from stream.runner import run_stream
+from stream.scenario import Budget
+from stream.serving import TaskBank, read_examples
+from stream.tasks import get_task
+from tests.method_matrix import MATRIX
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = ("sst2", "rte", "stsb")
+BUDGET = Budget(max_train_examples=16, epochs=1, batch_size=16, max_eval_examples=8, max_dev_examples=8)
+SPECS = tuple(MethodSpec(name=name, options=tuple(options.items())) for name, options in MATRIX)
+RELOADED = {"full", "sequential", "ewc", "lwf", "replay"}  # whole models: rebuilt by Method.load per switch
+TEXTS = {"sst2": ["good film", "a very dull long plot", "the actor was great", "bad"],
+         "rte": [("the cat sits", "cat sits"), ("a dog runs very long", "fun music")],
+         "stsb": [("the cat sits", "the cat sits"), ("good film", "awful dog runs")]}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model_dir, glue_dir, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("served-run")
+    config = RunConfig(tasks=TASKS, methods=SPECS, backbone=str(tiny_model_dir), data_dir=str(glue_dir),
+                       budget=BUDGET, device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # conftest's one-thread fixture is per test: it does not cover this setup
+    try:
+        run_stream(config, path, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return path
+
+
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes: -0.0 and 0.0 differ, as do NaN payloads."""
+    return tensor.detach().reshape(-1).contiguous().view(torch.uint8)
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(torch.equal(_bits(sa[k]), _bits(sb[k])) for k in sa)
+
+
+def _references(bank: TaskBank) -> dict[tuple[str, str], tuple[torch.nn.Module, torch.Tensor]]:
+    """Every (method, task)'s model rebuilt by Method.load on a pristine backbone, and its logits."""
+    references = {}
+    for label, task in bank.served:
+        spec = next(s for s in SPECS if s.resolved_label == label)
+        method = build_method(spec.name, dict(spec.options), bank.backbone)
+        model = method.load(bank.read(task, label), get_task(task))
+        with torch.inference_mode():
+            logits = torch.cat([model(**{k: v for k, v in b.items() if k != "labels"})
+                                for b in bank.encode(task, TEXTS[task]).batches(64)])
+        references[(label, task)] = model, logits
+    return references
+
+
+def test_random_switches_match_method_load_exactly_and_restore_the_backbone(run_dir, tiny_model_dir):
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    pristine = {k: v.clone() for k, v in backbone.encoder.state_dict().items()}
+    bank = TaskBank(run_dir, backbone=backbone)
+    assert set(bank.methods) == {s.resolved_label for s in SPECS}
+    assert all(bank.tasks(label) == TASKS for label in bank.methods)
+    references = _references(bank)
+    pairs = sorted(bank.served)
+    rng = random.Random(0)
+    order = pairs + [rng.choice(pairs) for _ in range(150)]  # every pair, then random switches
+    for number, (label, task) in enumerate(order, 1):
+        model = bank.switch(task, label)
+        assert bank.active == (label, task)
+        # Methods with a small per-task piece switch in place; only whole-model methods are rebuilt.
+        assert (bank.active_patch is None) == (bank.entry(task, label).method_name in RELOADED), label
+        reference_model, reference_logits = references[(label, task)]
+        assert torch.equal(bank.logits(task, TEXTS[task], method=label), reference_logits), (label, task)
+        assert _same_state(model, reference_model), (label, task)
+        if number % 25 == 0:
+            bank.reset(verify=True)
+    bank.reset(verify=True)
+    assert state_fingerprint(backbone.encoder) == backbone.fingerprint
+    after = backbone.encoder.state_dict()
+    assert list(after) == list(pristine) and all(torch.equal(_bits(after[k]), _bits(pristine[k])) for k in after)
+    # Rebuilt from the backbone as the switches left it, every model is still the same.
+    for key, (_, logits) in _references(bank).items():
+        assert torch.equal(logits, references[key][1]), key
+
+
+def test_predictions_carry_label_names_probabilities_and_values(run_dir, tiny_backbone):
+    with TaskBank(run_dir, backbone=tiny_backbone) as bank:
+        sst2 = bank.predict("sst2", TEXTS["sst2"], method="lora")
+        assert [p.label in ("negative", "positive") for p in sst2] == [True] * 4
+        assert all(abs(sum(p.probabilities.values()) - 1) < 1e-5 and p.score == p.probabilities[p.label]
+                   for p in sst2)
+        stsb = bank.predict("stsb", TEXTS["stsb"], method="masking")
+        assert all(p.label is None and isinstance(p.value, float) for p in stsb)
+        with pytest.raises(ConfigError, match="several methods"):
+            bank.predict("sst2", ["good"])
+        with pytest.raises(ConfigError, match="has no task 'cola'; its tasks: sst2, rte, stsb"):
+            bank.predict("cola", ["good"], method="lora")
+        with pytest.raises(ConfigError, match="Did you mean 'bitfit'"):
+            bank.switch("sst2", "bitfti")
+        with pytest.raises(DataError, match="takes 2 texts per example"):
+            bank.predict("rte", ["only one text"], method="lora")
+    tiny_backbone.verify_unchanged()
+
+
+class _Failing(Edit):
+    def _save(self, encoder):
+        return {}
+
+    def _write(self, encoder):
+        raise RuntimeError("edit failed")
+
+    def _restore(self, encoder, saved):
+        assert saved == {}
+
+
+def test_position_edits_restore_by_assignment_and_a_failed_apply_reverts(tiny_backbone):
+    encoder = tiny_backbone.encoder
+    name = "embeddings.word_embeddings.weight"
+    flat = encoder.get_parameter(name).detach().view(-1)
+    with torch.no_grad():
+        flat[:3] = torch.tensor([1e-8, -0.5, 2.0])  # (1e-8 + 1) - 1 == 0 in fp32: subtracting back is not exact
+    before = flat.clone()
+    index = torch.tensor([0, 1, 2])
+    add = AddAtPositions({name: index}, {name: torch.tensor([1.0, 0.25, -3.0])})
+    zero = ZeroAtPositions({name: torch.tensor([1])})
+    patch = ServingPatch([add, zero], TaskHead(tiny_backbone.hidden_size, 2), tiny_backbone.pooling)
+    patch.apply(encoder)
+    assert flat[0] == 1.0 and _bits(flat[1:2]).tolist() == _bits(torch.tensor([-0.0])).tolist()  # -0.25 * 0
+    patch.revert(encoder)
+    assert torch.equal(_bits(flat), _bits(before))
+    failing = ServingPatch([AssignValues({name: torch.zeros_like(flat).view_as(encoder.get_parameter(name))}),
+                            _Failing()], TaskHead(tiny_backbone.hidden_size, 2), tiny_backbone.pooling)
+    with pytest.raises(RuntimeError, match="edit failed"):
+        failing.apply(encoder)
+    assert not failing.applied and torch.equal(_bits(flat), _bits(before))
+    half = AssignValues({name: torch.zeros_like(encoder.get_parameter(name)),
+                         "embeddings.LayerNorm.weight": torch.zeros(3)})  # the second write fails
+    with pytest.raises(RuntimeError):
+        half.apply(encoder)
+    assert torch.equal(_bits(flat), _bits(before))
+
+
+def test_read_examples_from_text_and_csv(tmp_path):
+    rte = get_task("rte")
+    lines = tmp_path / "pairs.txt"
+    lines.write_text("the cat sits\tcat sits\n\nfun music\ta dog runs\n")
+    assert read_examples(lines, rte) == [("the cat sits", "cat sits"), ("fun music", "a dog runs")]
+    table = tmp_path / "pairs.csv"
+    table.write_text('id,sentence2,sentence1\n1,"b, c",a\n')
+    assert read_examples(table, rte) == [("a", "b, c")]
+    lines.write_text("no tab here\n")
+    with pytest.raises(DataError, match="line 1: 1 tab-separated field"):
+        read_examples(lines, rte)
+    table.write_text("sentence\nfoo\n")
+    with pytest.raises(DataError, match="lacks the column"):
+        read_examples(table, rte)
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def taskstream(*args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "stream.cli", "predict", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_predicts_label_names_and_regression_values(run_dir, tmp_path):
+    result = taskstream(run_dir, "--task", "sst2", "--method", "bitfit", "--device", "cpu", "good film")
+    assert result.returncode == 0, result.stderr[-2000:]
+    label, *probabilities = result.stdout.strip().split("\t")
+    assert label in ("negative", "positive")
+    assert [p.split("=")[0] for p in probabilities] == ["negative", "positive"]
+    examples = tmp_path / "pairs.txt"
+    examples.write_text("the cat sits\tthe cat sits\ngood film\tawful dog runs\nfun\tmusic\n")
+    result = taskstream(run_dir, "--task", "stsb", "--method", "adapters-bottleneck8", "--file", examples)
+    assert result.returncode == 0, result.stderr[-2000:]
+    values = [float(line) for line in result.stdout.split()]
+    assert len(values) == 3
+
+
+@pytest.mark.parametrize("case", ["unknown_task", "unknown_method", "pair_given_one_text", "tampered_artifact"])
+def test_cli_predict_refuses_bad_input_clearly(case, run_dir, tmp_path):
+    args = [run_dir, "--task", "rte", "--method", "bitfit", "the cat sits", "cat sits"]
+    if case == "unknown_task":
+        args[2], expected = "mnli", ["has no task 'mnli'", "its tasks: sst2, rte, stsb"]
+    elif case == "unknown_method":
+        args[4], expected = "bitfti", ["has no method 'bitfti'", "Did you mean 'bitfit'"]
+    elif case == "pair_given_one_text":
+        args, expected = args[:-1], ["'rte' takes 2 texts per example", "Give both texts"]
+    else:
+        copy = tmp_path / "run"
+        shutil.copytree(run_dir, copy)
+        artifact = copy / "artifacts" / "bitfit" / "002-rte.safetensors"
+        data = bytearray(artifact.read_bytes())
+        data[-1] ^= 1
+        artifact.write_bytes(bytes(data))
+        args[0], expected = copy, ["002-rte.safetensors", "sha256", "modified after it was written"]
+    result = taskstream(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr[-2000:])
+    assert result.stderr.strip().splitlines()[-1].startswith("taskstream: error:")
+    assert "Traceback" not in result.stderr
+    for part in expected:
+        assert part in result.stderr, (part, result.stderr[-2000:])

@@ -1,4 +1,5 @@
-"""The ``taskstream`` command line.
+"""taskstream: feed tasks one at a time to parameter-efficient methods on one shared backbone, and measure
+what each method stores against how well it scores.
 
 Subcommands: ``run`` (run or resume a stream), ``sweep`` (run or resume a study: many runs from one spec,
 on local worker processes or Ray), ``plot`` and ``report`` (figures and a report of a run or a study),

@@ -11,16 +11,17 @@ the chosen defaults are the ones that work when few steps are taken; papers tune
 One seed per variant: differences under ~2 points on SST-2's 872 test rows are noise.
 
 Run from the repository root (about 20 minutes on one core with the defaults):
-    PYTHONPATH=. HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python bench/adapters_lora_lr.py --run-dir /tmp/bench-adapters-lora
+    python bench/adapters_lora_lr.py --run-dir /tmp/bench-adapters-lora
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
+
+from bench_setup import default_glue_dir  # first: offline HF defaults, this checkout on sys.path
 
 DEFAULT_METHODS = [
     "linear_probe",
@@ -34,11 +35,6 @@ DEFAULT_METHODS = [
     "lora:learning_rate=1e-3",
     "lora:learning_rate=3e-3",
 ]
-
-
-def default_glue_dir() -> Path:
-    """$TASKSTREAM_DATA_DIR, else ../shared/glue beside the repository."""
-    return Path(os.environ.get("TASKSTREAM_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "glue")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,8 +54,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the table here")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import torch
 
     from stream.config import MethodSpec, RunConfig
@@ -70,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     budget = Budget(max_train_examples=args.n_train, epochs=args.epochs, batch_size=args.batch_size,
                     max_seq_length=args.max_seq_length, max_eval_examples=args.max_eval_examples)
     config = RunConfig(tasks=(args.task,), methods=tuple(MethodSpec.parse(m) for m in args.methods),
-                       data_dir=str(args.glue_dir), budget=budget, seed=args.seed, device="cpu")
+                       data_dir=str(args.glue_dir) if args.glue_dir else None, budget=budget, seed=args.seed,
+                       device="cpu")
     started = time.perf_counter()
     summary = run_stream(config, args.run_dir, progress=False)
     rows = [json.loads(line) for line in summary.ledger_path.read_text().splitlines()]

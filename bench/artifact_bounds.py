@@ -25,9 +25,7 @@ import statistics
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from anywhere: import the repo's packages
-    sys.path.insert(0, str(REPO))
+from bench_setup import write_results  # first: offline Hugging Face defaults, this checkout on sys.path
 
 from methods.codecs import (VALUE_DTYPES, pack_masks, positions_lower_bound_bits,  # noqa: E402
                             unpack_masks)
@@ -162,11 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "artifacts": len(records), "sources": [str(p) for p in args.paths]}
     text = markdown(summaries, info)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".md").write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps({"info": info, "methods": summaries,
-                                                             "artifacts": records}, indent=1))
+    write_results(args.out, text, {"info": info, "methods": summaries, "artifacts": records})
     return summaries
 
 

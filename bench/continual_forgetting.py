@@ -11,7 +11,7 @@ artifact's bytes broken down (encoder, heads, ewc, replay) and the cumulative st
 same numbers are written as JSON.
 
 Run (about 20 minutes on one CPU thread with the defaults):
-    HF_HUB_OFFLINE=1 python bench/continual_forgetting.py --run-dir /tmp/continual-bench \\
+    python bench/continual_forgetting.py --run-dir /tmp/continual-bench \\
         --json bench/results/continual_forgetting.json
 The run directory holds full-model artifacts (hundreds of MB): keep it out of the repository.
 """
@@ -20,20 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def default_glue_dir() -> Path:
-    """$TASKSTREAM_DATA_DIR, else ``shared/glue`` beside the checkout (or beside its worktrees folder)."""
-    if os.environ.get("TASKSTREAM_DATA_DIR"):
-        return Path(os.environ["TASKSTREAM_DATA_DIR"])
-    candidates = [parent / "shared" / "glue" for parent in REPO.parents[:2]]
-    return next((c for c in candidates if c.is_dir()), candidates[0])
+from bench_setup import default_glue_dir  # first: offline HF defaults, this checkout on sys.path
 
 
 def _matrix_summary(matrix) -> dict:
@@ -63,9 +54,6 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    sys.path.insert(0, str(REPO))
     import torch
 
     torch.set_num_threads(args.threads)
@@ -74,8 +62,8 @@ def main(argv=None) -> int:
     from stream.runner import run_stream
 
     config = RunConfig.from_dict({
-        "tasks": args.tasks, "methods": args.methods, "data_dir": str(args.data_dir), "seed": args.seed,
-        "device": "cpu", "reevaluate": True,
+        "tasks": args.tasks, "methods": args.methods, "data_dir": str(args.data_dir) if args.data_dir else None,
+        "seed": args.seed, "device": "cpu", "reevaluate": True,
         "budget": {"max_train_examples": args.max_train_examples, "epochs": args.epochs,
                    "batch_size": args.batch_size, "max_seq_length": args.max_seq_length,
                    "max_eval_examples": args.max_eval_examples, "max_dev_examples": args.max_dev_examples},

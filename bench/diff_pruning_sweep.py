@@ -20,8 +20,8 @@ Run (1 torch thread, about 2-3 CPU-minutes per configuration on sst2). The commi
 (bench/results/diff_pruning_sweep.md) were made by the commands listed in that file, in five runs,
 then merged with ``--combine``; for example:
 
-    HF_HUB_OFFLINE=1 python bench/diff_pruning_sweep.py --tasks sst2 --out bench/results/diff_pruning_sweep_sst2
-    HF_HUB_OFFLINE=1 python bench/diff_pruning_sweep.py --tasks rte --configs chosen,nonadaptive,full,linear_probe \\
+    python bench/diff_pruning_sweep.py --tasks sst2 --out bench/results/diff_pruning_sweep_sst2
+    python bench/diff_pruning_sweep.py --tasks rte --configs chosen,nonadaptive,full,linear_probe \\
         --run-dir /tmp/taskstream-diff-pruning-sweep-rte --out bench/results/diff_pruning_sweep_rte
     python bench/diff_pruning_sweep.py --combine bench/results/diff_pruning_sweep_sst2*.json \\
         --out bench/results/diff_pruning_sweep
@@ -33,18 +33,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from anywhere: import the repo's packages
-    sys.path.insert(0, str(REPO))
+from bench_setup import default_glue_dir, write_results  # first: offline HF defaults, this checkout on sys.path
 
 import torch  # noqa: E402
 
@@ -75,12 +68,6 @@ CONFIGS: dict[str, tuple[str, dict]] = {
 }
 REFERENCES = ("full", "linear_probe")
 TASK_BUDGETS = {"sst2": {"max_seq_length": 64}, "rte": {"max_seq_length": 128}}
-
-
-def default_glue_dir() -> Path | None:
-    if os.environ.get("TASKSTREAM_DATA_DIR"):
-        return Path(os.environ["TASKSTREAM_DATA_DIR"])
-    return next((p / "shared" / "glue" for p in REPO.parents if (p / "shared" / "glue").is_dir()), None)
 
 
 def summarise(run_dir: Path, task: str, labels: dict[str, str]) -> list[dict]:
@@ -206,10 +193,8 @@ def main(argv: list[str] | None = None) -> None:
         text = markdown(task, results[task], info)
         print(text, flush=True)
         if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
             suffix = "" if len(args.tasks.split(",")) == 1 else f"_{task}"
-            Path(f"{args.out}{suffix}.md").write_text(text)
-            Path(f"{args.out}{suffix}.json").write_text(json.dumps({"info": info, "rows": results[task]}, indent=1))
+            write_results(Path(f"{args.out}{suffix}"), text, {"info": info, "rows": results[task]})
 
 
 if __name__ == "__main__":

@@ -20,29 +20,21 @@ taskstream from its ``after_step`` hook, Avalanche from a plugin's ``before_trai
 all epochs and on epochs after the first. Also reported: the whole call (``fit`` / ``strategy.train``),
 which adds per-task set-up (Avalanche: model adaptation, optimizer reset, data loader construction).
 
-    HF_HUB_OFFLINE=1 python bench/loop_overhead.py --task sst2 --examples 512 --epochs 2 --rounds 3 \\
+    python bench/loop_overhead.py --task sst2 --examples 512 --epochs 2 --rounds 3 \\
         --out bench/results/loop_overhead
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
-import os
 import statistics
 import sys
 import time
 import warnings
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from anywhere: import the repo's packages
-    sys.path.insert(0, str(REPO))
+from bench_setup import default_glue_dir, write_results  # first: offline HF defaults, this checkout on sys.path
 
 import torch  # noqa: E402
 
@@ -226,7 +218,7 @@ def markdown(summary: dict, results: list[dict], info: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from bench.step_cost import default_glue_dir, load_average, machine_info
+    from bench.step_cost import load_average, machine_info
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="sst2")
@@ -258,11 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                      if k in ("python", "torch", "transformers", "avalanche-lib")})
     text = markdown(summary, results, info)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".md").write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps({"info": info, "summary": summary, "results": results},
-                                                            indent=1))
+    write_results(args.out, text, {"info": info, "summary": summary, "results": results})
     return summary
 
 

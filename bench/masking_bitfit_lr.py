@@ -20,17 +20,18 @@ The default grid: the linear probe (head only, for reference), BitFit at 1e-4 / 
 (first_block=0), and masking at 1e-3 entropy-coded (same masks as the plain run, smaller file).
 
 Run (about 10 minutes on an idle core with the defaults, 20 on a busy shared one; --configs runs fewer):
-    PYTHONPATH=. HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python bench/masking_bitfit_lr.py --json /tmp/masking_bitfit.json
+    python bench/masking_bitfit_lr.py --json /tmp/masking_bitfit.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
+
+from bench_setup import default_glue_dir  # first: offline HF defaults, this checkout on sys.path
 
 DEFAULT_CONFIGS = (
     "linear_probe",
@@ -43,14 +44,6 @@ DEFAULT_CONFIGS = (
     "masking:learning_rate=1e-3:first_block=0",
     "masking:learning_rate=1e-3:entropy_coded=true",
 )
-
-
-def default_glue_dir() -> Path | None:
-    """$TASKSTREAM_DATA_DIR, else the nearest ``shared/glue`` beside an ancestor of this checkout."""
-    if os.environ.get("TASKSTREAM_DATA_DIR"):
-        return Path(os.environ["TASKSTREAM_DATA_DIR"])
-    return next((p / "shared" / "glue" for p in Path(__file__).resolve().parents if (p / "shared" / "glue").is_dir()),
-                None)
 
 
 def parse_args() -> argparse.Namespace:
@@ -89,8 +82,8 @@ def run(args: argparse.Namespace, run_dir: Path) -> list[dict]:
                     max_eval_examples=args.max_eval,
                     eval_every_steps=max(1, steps_per_epoch // args.evals_per_epoch))
     specs = tuple(MethodSpec.parse(text) for text in args.configs)
-    config = RunConfig(tasks=(args.task,), methods=specs, data_dir=str(args.data_dir), budget=budget,
-                       seed=args.seed, device="cpu")
+    config = RunConfig(tasks=(args.task,), methods=specs, data_dir=str(args.data_dir) if args.data_dir else None,
+                       budget=budget, seed=args.seed, device="cpu")
     started = time.perf_counter()
     run_stream(config, run_dir, progress=False)
     print(f"[run took {time.perf_counter() - started:.0f}s]")
@@ -132,9 +125,6 @@ def print_table(results: list[dict], args: argparse.Namespace) -> None:
 
 def main() -> None:
     args = parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.run_dir is None:
         with tempfile.TemporaryDirectory(prefix="masking_bitfit_") as tmp:
             results = run(args, Path(tmp))

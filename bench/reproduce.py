@@ -30,9 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from anywhere: import the repo's packages
-    sys.path.insert(0, str(REPO))
+from bench_setup import REPO, default_glue_dir  # first: offline HF defaults, this checkout on sys.path
 
 import pandas as pd  # noqa: E402
 
@@ -52,12 +50,6 @@ DEFAULT_STUDY_DIR = REPO / "runs" / "reproduction"
 DEFAULT_OUT = REPO / "bench" / "results" / "reproduction"
 SKIPPED_SUFFIXES = (".safetensors",)
 SKIPPED_NAMES = (".lock",)
-
-
-def default_data_dir() -> Path | None:
-    if os.environ.get("TASKSTREAM_DATA_DIR"):
-        return Path(os.environ["TASKSTREAM_DATA_DIR"])
-    return next((p / "shared" / "glue" for p in REPO.parents if (p / "shared" / "glue").is_dir()), None)
 
 
 def run_sweep(args) -> dict:
@@ -222,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
     parser.add_argument("--study-dir", type=Path, default=DEFAULT_STUDY_DIR,
                         help="where the runs (with their tensor files) live (default: runs/reproduction)")
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
+    parser.add_argument("--data-dir", type=Path, default=default_glue_dir(),
                         help="offline GLUE (default: $TASKSTREAM_DATA_DIR, else a shared/glue folder above the repo)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)

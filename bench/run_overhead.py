@@ -15,7 +15,7 @@ config (or the flags given after ``--``), and times, wall and CPU:
 scoring of the rebuilt models on the test splits; the share outside both is the overhead this benchmark
 reports (target: under 5%).
 
-    HF_HUB_OFFLINE=1 python bench/run_overhead.py --out bench/results/run_overhead -- \\
+    python bench/run_overhead.py --out bench/results/run_overhead -- \\
         --data-dir ../shared/glue --run-dir /tmp/taskstream-default-run --no-progress
 """
 
@@ -42,13 +42,8 @@ import functools  # noqa: E402
 import json  # noqa: E402
 from collections import defaultdict  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from anywhere: import the repo's packages
-    sys.path.insert(0, str(REPO))
+# Before anything imports a Hugging Face library: offline defaults, this checkout on sys.path.
+from bench_setup import write_results  # noqa: E402
 
 TIMES: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])  # name -> [wall, cpu, calls]
 
@@ -213,10 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary["process_startup_wall_seconds"] = _AGE_AT_START
     text = markdown(summary, info)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".md").write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps({"info": info, "summary": summary}, indent=1))
+    write_results(args.out, text, {"info": info, "summary": summary})
     return summary
 
 

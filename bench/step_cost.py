@@ -42,7 +42,7 @@ Machine load matters: ratios come from one run, and each method's steps run back
 
 Run (real model, about 10-20 minutes on 2 shared cores):
 
-    HF_HUB_OFFLINE=1 python bench/step_cost.py --methods full,diff_pruning --batch-size 32 --seq-len 128 \\
+    python bench/step_cost.py --methods full,diff_pruning --batch-size 32 --seq-len 128 \\
         --steps 10 --out bench/results/step_cost
     python bench/step_cost.py --tiny --steps 5            # a tiny random BERT, seconds
 """
@@ -61,13 +61,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from anywhere: import the repo's packages
-    sys.path.insert(0, str(REPO))
+from bench_setup import REPO, default_glue_dir, write_results  # first: offline HF defaults, checkout on sys.path
 
 import torch  # noqa: E402
 
@@ -116,12 +110,6 @@ def fixed_length_split(input_ids: torch.Tensor, attention_mask: torch.Tensor, to
     rows, width = input_ids.shape
     return TokenizedSplit(task="rte", split=name, input_ids=input_ids, attention_mask=attention_mask,
                           token_type_ids=token_type_ids, lengths=torch.full((rows,), width), labels=labels)
-
-
-def default_glue_dir() -> Path | None:
-    if os.environ.get("TASKSTREAM_DATA_DIR"):
-        return Path(os.environ["TASKSTREAM_DATA_DIR"])
-    return next((p / "shared" / "glue" for p in REPO.parents if (p / "shared" / "glue").is_dir()), None)
 
 
 def glue_rows(glue_dir: Path | None, rows: int) -> tuple[list[str], list[str], list[int]] | None:
@@ -481,10 +469,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                      if k in ("python", "torch", "transformers", "taskstream")})
     text = markdown(results, info)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".md").write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps({"info": info, "results": results}, indent=1))
+    write_results(args.out, text, {"info": info, "results": results})
     return results
 
 

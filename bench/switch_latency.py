@@ -34,7 +34,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_setup import write_results  # first: offline HF defaults, this checkout on sys.path
+
 DEFAULT_METHODS = "full,last_layer,linear_probe,adapters,bitfit,lora,masking,diff_pruning"
 
 
@@ -226,9 +227,6 @@ def report(args, bank, full: str, rows: dict, in_place: dict, cold: dict, exact:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    sys.path.insert(0, str(REPO))  # this checkout's packages, not an installed copy
     import torch
 
     from stream.serving import TaskBank
@@ -248,10 +246,7 @@ def main(argv=None) -> int:
     rows = {name: summary(seconds) for name, seconds in timed.items()}
     record, text = report(args, bank, full, rows, in_place, cold, exact)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(f"# Switch latency\n\n{text}\n\nCommand: `{record['command']}`\n")
+    write_results(args.out, f"# Switch latency\n\n{text}\n\nCommand: `{record['command']}`\n", record)
     return 0
 
 

@@ -1,0 +1,52 @@
+"""The set-up every bench script shares: offline Hugging Face defaults, this checkout on sys.path, paths.
+
+Import it before anything else that may import a Hugging Face library (they read the environment when they
+are imported). ``python bench/x.py`` puts ``bench/`` first on sys.path, whatever the working directory, so
+the scripts import this module as ``bench_setup``; scripts that other bench scripts import as
+``bench.<name>`` find it the same way, since those importers run as scripts from ``bench/`` too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+# The benchmarks read the bundled backbone and local GLUE copies: a missing file should fail at once, not
+# wait on the network. setdefault, so a caller can still opt in to the Hub. Tokenizers' thread pool does not
+# survive the fork of the scripts' timed children and would compete with torch for the few cores anyway.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+"""The root of the checkout these scripts belong to."""
+
+# Run as a script from anywhere, sys.path holds bench/ but not the root: import this checkout's packages
+# (stream, methods, analysis, bench.*), not an installed copy or another worktree's.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def default_glue_dir() -> Path | None:
+    """Local GLUE data: $TASKSTREAM_DATA_DIR, else the nearest ``shared/glue`` beside an ancestor of the checkout.
+
+    Walking up every ancestor covers a clone with ``../shared`` and a worktree under ``/work/wt/`` with
+    ``/work/wt/shared`` (or ``/work/shared`` one level higher). None when there is no such folder.
+    """
+    if os.environ.get("TASKSTREAM_DATA_DIR"):
+        return Path(os.environ["TASKSTREAM_DATA_DIR"])
+    return next((p / "shared" / "glue" for p in REPO.parents if (p / "shared" / "glue").is_dir()), None)
+
+
+def write_results(out: Path | None, text: str, record: dict) -> None:
+    """Write ``text`` to ``<out>.md`` and ``record`` as JSON to ``<out>.json``; nothing when ``out`` is None.
+
+    The suffixes replace any suffix ``out`` has (``with_suffix``); the parent directory is created.
+    """
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")

@@ -34,7 +34,7 @@ from bench_setup import REPO, default_glue_dir  # first: offline HF defaults, th
 
 import pandas as pd  # noqa: E402
 
-from analysis.study_report import pm, pm_bytes, summary_stats_table, write_study_report  # noqa: E402
+from analysis.study_report import pm, summary_stats_table, write_study_report  # noqa: E402
 from analysis.tables import final_stats, final_table, load_ledger, read_study  # noqa: E402
 
 # The paper's Table 1 (Guo, Rush & Kim 2021; BERT-large, GLUE test server, nine tasks), as DESIGN.md quotes it:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -53,19 +52,19 @@ SKIPPED_NAMES = (".lock",)
 
 
 def run_sweep(args) -> dict:
-    """Run (or resume) the study in a subprocess; its wall time and the CPU time of its process tree."""
+    """Run (or resume) the study in a subprocess; its wall time and the machine's load around it.
+
+    Not its CPU time: the runs execute in forkserver workers, grandchildren this process never waits for,
+    so ``RUSAGE_CHILDREN`` would not count them."""
     command = [sys.executable, "-m", "stream.cli", "sweep", str(args.spec), "--study-dir", str(args.study_dir),
                "--workers", str(args.workers), "--threads", str(args.threads), "--no-report"]
     if args.data_dir is not None:
         command += ["--data-dir", str(args.data_dir)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     print("$ " + " ".join(command), flush=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start, load_before = time.perf_counter(), os.getloadavg()
     returncode = subprocess.call(command, cwd=REPO, env=env)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"command": command, "returncode": returncode, "wall_seconds": time.perf_counter() - start,
-            "cpu_seconds": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
             "load_before": load_before, "load_after": os.getloadavg(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
@@ -94,7 +93,7 @@ def study_timing(study_dir: Path) -> dict:
     return {"launches": len(launches), "first_launch": launches[0]["time"], "last_run_done": max(
         (s["time"] for s in done), default=None), "span_seconds": last - first,
             "run_seconds_total": sum(s["seconds"] for s in done), "runs_done": len(done), "runs": len(statuses),
-            "workers": launches[-1].get("workers"), "threads": launches[-1].get("threads"),
+            "workers": max(line.get("workers") or 0 for line in launches), "threads": launches[-1].get("threads"),
             "versions": launches[-1].get("versions", {})}
 
 
@@ -191,13 +190,12 @@ def write_tables(out: Path, sweep: dict | None) -> dict:
         "it from the files here).", "",
         f"- study: {timing['runs_done']}/{timing['runs']} runs done in {timing['launches']} launch(es); first "
         f"launch {timing['first_launch']}, last run done {timing['last_run_done']}: "
-        f"{timing['span_seconds'] / 3600:.2f} h wall on {timing['workers']} worker(s) x {timing['threads']} "
+        f"{timing['span_seconds'] / 3600:.2f} h wall on up to {timing['workers']} worker(s) x {timing['threads']} "
         f"thread(s); the runs' own wall time sums to {timing['run_seconds_total'] / 3600:.2f} h.",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
     ]
     if sweep is not None:
-        lines.append(f"- this launch: {sweep['wall_seconds'] / 3600:.2f} h wall, "
-                     f"{sweep['cpu_seconds'] / 3600:.2f} h CPU (process tree), load average "
+        lines.append(f"- this launch: {sweep['wall_seconds'] / 3600:.2f} h wall, load average "
                      f"{'/'.join(f'{x:.1f}' for x in sweep['load_before'])} before, "
                      f"{'/'.join(f'{x:.1f}' for x in sweep['load_after'])} after.")
     lines.append("")

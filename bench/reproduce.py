@@ -5,7 +5,7 @@
 
 1. Runs ``taskstream sweep bench/studies/reproduction.toml --study-dir runs/reproduction --data-dir
    ../shared/glue --workers 2 --threads 1`` in a subprocess (sweeps resume: a re-launch skips finished runs
-   and continues an interrupted one after its last completed task), timing its wall and CPU time.
+   and continues an interrupted one after its last completed task), timing its wall time.
 2. Copies the study directory to ``bench/results/reproduction/`` without the ``.safetensors`` tensor files
    (spec, ``study.json``, launches, status, and per run its config, versions, ledger, log and artifact
    sidecars: everything the tables and figures are drawn from) and writes the study report there

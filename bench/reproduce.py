@@ -123,7 +123,8 @@ def paper_table(table: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     records = []
     tasks = [c for c in shown.columns if c in set(table["eval_task"])]
     for method in shown["method"]:
-        row = stats.loc[method]
+        # One seed has no sample sd: None in the JSON (NaN is not JSON).
+        row = stats.loc[method].astype(object).where(stats.loc[method].notna(), None)
         records.append({
             "method": method, "runs": int(row["n"]),
             "scores": {t: {"mean": row[t], "sd": row[f"{t}_std"]} for t in tasks},

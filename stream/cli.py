@@ -92,7 +92,7 @@ def _print_summary(run_dir: Path) -> None:
     from analysis.report import summary_table
     from analysis.tables import load_ledger
 
-    print(summary_table(load_ledger(run_dir)).to_string(index=False))
+    print(summary_table(load_ledger(run_dir)).to_string(index=False, float_format=lambda x: f"{x:.1f}"))
 
 
 def _add_sweep_parser(sub) -> None:

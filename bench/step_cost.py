@@ -408,7 +408,7 @@ def machine_info() -> dict:
                 cpu = line.split(":", 1)[1].strip()
                 break
     except OSError:
-        pass
+        pass  # no /proc (not Linux): keep platform.processor()'s answer
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
 
 

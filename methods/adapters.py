@@ -195,7 +195,7 @@ class AdaptersMethod(Method):
         trained = self._tensors(adapters, norms)
         for param in trained.values():
             param.requires_grad_(True)
-        head = self.new_head(arrival.task, seed)
+        head = self.task_head(arrival)
         model = TaskModel(encoder, head, self.backbone.pooling)
         # Artifact names end like the modules' own (".bias", "LayerNorm.weight"), so decay_groups
         # exempts biases and LayerNorm weights from weight decay as usual.

@@ -396,7 +396,7 @@ def prepare_arrival(method: ContinualMethod, arrival: Arrival, previous: LoadedA
     model = MultiHeadEncoder(encoder, heads, pooling=backbone.pooling,
                              regression=[h["label"] for h in records if h["regression"]],
                              trained_tasks=[h["label"] for h in records])
-    model.add_head(label, method.new_head(task, arrival.task_seed), regression=task.is_regression)
+    model.add_head(label, method.task_head(arrival), regression=task.is_regression)
     model.to(method.device)
     tuned = set(tuned_encoder_names(encoder, config.tuned_blocks))
     for name, param in encoder.named_parameters():

@@ -169,6 +169,11 @@ class Method(abc.ABC):
             head = TaskHead(self.backbone.hidden_size, task.num_outputs, self.config.head_dropout)
         return head.to(self.device)
 
+    def task_head(self, arrival: Arrival) -> TaskHead:
+        """The fresh head an arriving task starts from, seeded by the run seed and the task (never by the
+        arrival position), so a task trains into the same file wherever it arrives."""
+        return self.new_head(arrival.task, arrival.task_seed)
+
     def head_lr(self) -> float:
         return self.config.head_learning_rate or self.config.learning_rate
 

@@ -60,7 +60,7 @@ class BitFitMethod(Method):
 
     def train(self, arrival, *, previous=None, progress=False) -> TrainedTask:
         encoder = self.backbone.fresh_encoder()
-        head = self.new_head(arrival.task, arrival.task_seed)
+        head = self.task_head(arrival)
         model = TaskModel(encoder, head, self.backbone.pooling)
         biases = bias_parameters(encoder)
         for param in biases.values():

@@ -459,7 +459,7 @@ class DiffPruningMethod(Method):
     def train(self, arrival, *, previous=None, progress=False) -> TrainedTask:
         config = self.config
         l0_steps, finetune_steps = stage_steps(_budget_steps(arrival), config.finetune_fraction)
-        head = self.new_head(arrival.task, arrival.task_seed)
+        head = self.task_head(arrival)
         label = f"{self.name} {arrival.step}:{arrival.task.name}"
         positions, values, fit1, stage1 = self._l0_stage(arrival, head, l0_steps, label, progress)
         sparse = SparseDiff(self.layout.numel, positions, values)

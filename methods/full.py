@@ -37,7 +37,7 @@ class FullMethod(Method):
 
     def train(self, arrival, *, previous=None, progress=False) -> TrainedTask:
         encoder = self.backbone.fresh_encoder().requires_grad_(True)
-        head = self.new_head(arrival.task, arrival.task_seed)
+        head = self.task_head(arrival)
         model = TaskModel(encoder, head, self.backbone.pooling)
         groups = (decay_groups(encoder.named_parameters(), self.config.learning_rate, self.config.weight_decay)
                   + decay_groups(head.named_parameters(), self.head_lr(), self.config.weight_decay))

@@ -76,7 +76,7 @@ class LastLayerMethod(Method):
 
     def train(self, arrival, *, previous=None, progress=False) -> TrainedTask:
         encoder = self.backbone.fresh_encoder()
-        head = self.new_head(arrival.task, arrival.task_seed)
+        head = self.task_head(arrival)
         model = TaskModel(encoder, head, self.backbone.pooling)
         groups = decay_groups(head.named_parameters(), self.head_lr(), self.config.weight_decay)
         tensors = {}

@@ -168,7 +168,7 @@ class LoraMethod(Method):
         encoder = inject_lora(self.backbone.fresh_encoder(), settings, seed=seed + _INIT_SEED_OFFSET)
         adapted = [path for path, m in encoder.named_modules() if isinstance(m, LoraLayer)]
         assert adapted == self.targets, (adapted, self.targets)  # peft matched what resolve_targets promised
-        head = self.new_head(arrival.task, seed)
+        head = self.task_head(arrival)
         model = TaskModel(encoder, head, self.backbone.pooling)
         trainable = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]
         groups = (decay_groups(trainable, self.config.learning_rate, self.config.weight_decay)

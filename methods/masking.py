@@ -263,7 +263,7 @@ class MaskingMethod(Method):
             logger.warning("masking with train_head=False on regression task %r: a frozen random head cannot "
                            "rescale its output to the label range; expect a poor score.", arrival.task.name)
         encoder = self.backbone.fresh_encoder()
-        head = self.new_head(arrival.task, seed)
+        head = self.task_head(arrival)
         head.requires_grad_(config.train_head)
         model = TaskModel(encoder, head, self.backbone.pooling)
         modules = self.masked_modules(encoder, head)

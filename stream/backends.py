@@ -69,7 +69,7 @@ def _exit_when_orphaned(parent_pid: int) -> None:
             except ProcessLookupError:
                 os._exit(1)
             except PermissionError:
-                pass
+                pass  # the pid exists but is not ours to signal: the parent is still alive
 
     threading.Thread(target=watch, name="orphan-watchdog", daemon=True).start()
 
@@ -142,7 +142,7 @@ class _Worker:
                 self.jobs_done += 1
                 return outcome
             except (EOFError, OSError):
-                pass
+                pass  # the worker died mid-send: fall through and fail the job with its exit status
         elif self.process.is_alive():
             return None
         self.process.join(timeout=10)
@@ -159,7 +159,7 @@ class _Worker:
             try:
                 self.conn.send(None)
             except OSError:
-                pass
+                pass  # the pipe is already closed: the worker has gone, join below reaps it
             self.process.join(timeout=5)
         if self.process.is_alive():
             self.process.terminate()

@@ -2,8 +2,9 @@
 
 Diff pruning (:mod:`methods.diff_pruning`) writes into each artifact's ``meta["l0_stage"]``:
 
-- ``expected_density_trace``: ``[[step, expected density], ...]`` during the L0 stage, where the expected
-  density is sum_i P(z_i != 0) / N (what the L0 penalty pulls down), from step 0 on;
+- ``expected_density_trace``: ``[[step, expected density(, scheduled density)], ...]`` during the L0 stage,
+  where the expected density is sum_i P(z_i != 0) / N (what the L0 penalty pulls down), from step 0 on, and
+  the scheduled density is what the density controller held it to (absent with a fixed penalty);
 - ``projection``: what the magnitude projection saw: a histogram of log10 |diff| over the nonzero entries
   (``log10_range`` [low, high] split into ``len(counts)`` equal bins), the number of exact ``zeros``, the
   ``threshold`` (the smallest kept magnitude) and how many entries were ``kept``;
@@ -49,7 +50,8 @@ def density_traces(table: pd.DataFrame) -> pd.DataFrame:
     """Expected density during the L0 stage: one row per (run, method, arriving task, L0 step).
 
     Columns: ``run``, ``method``, ``budget``, ``task``, ``step`` (the arrival), ``l0_step``,
-    ``expected_density``, ``target_density`` (the method's projection target, from its config), and the
+    ``expected_density``, ``scheduled_density`` (the controller's schedule; NaN with a fixed penalty),
+    ``target_density`` (the method's projection target, from its config), and the
     stage's outcome: ``best_step`` (the L0 step whose state model selection kept) and ``stage1_density``
     (that state's nonzero fraction under the evaluation gates). Artifacts of variants without gates
     (non-adaptive) have no trace and contribute nothing.
@@ -58,12 +60,13 @@ def density_traces(table: pd.DataFrame) -> pd.DataFrame:
     for record, sidecar in _sidecars(table):
         target = sidecar.get("config", {}).get("target_density", math.nan)
         stage = sidecar["meta"]["l0_stage"]
-        for l0_step, density in stage.get("expected_density_trace", []):
+        for l0_step, density, *scheduled in stage.get("expected_density_trace", []):
             rows.append({**_key(record), "l0_step": int(l0_step), "expected_density": float(density),
+                         "scheduled_density": float(scheduled[0]) if scheduled else math.nan,
                          "target_density": target, "best_step": int(stage["best_step"]),
                          "stage1_density": float(stage["density"])})
-    columns = ["run", "method", "budget", "task", "step", "l0_step", "expected_density", "target_density",
-               "best_step", "stage1_density"]
+    columns = ["run", "method", "budget", "task", "step", "l0_step", "expected_density", "scheduled_density",
+               "target_density", "best_step", "stage1_density"]
     return pd.DataFrame(rows, columns=columns)
 
 

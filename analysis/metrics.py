@@ -105,3 +105,30 @@ def glue_average(scores: Mapping[str, float]) -> float:
     if not scores:
         raise ValueError("glue_average needs at least one task score; got none.")
     return float(np.mean([float(score) for score in scores.values()]))
+
+
+def chance_score(task: TaskSpec, train_labels: np.ndarray, test_labels: Mapping[str, np.ndarray]) -> float:
+    """The score of a predictor that ignores its input: always the majority class of the training labels
+    (classification), or always their mean (regression, whose correlations are then 0), on the test splits.
+
+    The floor a trained model must clear: MRPC's is 74.8 (always "equivalent"), CoLA's and STS-B's 0.
+    """
+    train_labels = np.asarray(train_labels)
+    if task.is_regression:
+        constant = float(np.mean(train_labels)) if len(train_labels) else 0.0
+    else:
+        constant = int(np.bincount(train_labels.astype(np.int64), minlength=task.num_outputs).argmax())
+    metrics = {split: compute_metrics(task, np.full(len(labels), constant), labels)
+               for split, labels in test_labels.items()}
+    return task_score(task, metrics)
+
+
+def noise_band(task: TaskSpec, test_rows: int) -> float:
+    """Two standard errors, in score points, of a guessing predictor's score on ``test_rows`` test rows.
+
+    Accuracy and F1 at chance level have a standard error of at most 50 / sqrt(n) points; a Matthews or a
+    correlation coefficient near 0 has about 100 / sqrt(n). A score less than this above the chance score
+    cannot be told apart from guessing on this test set (RTE's 277 rows: 6.0 points; SST-2's 872: 3.4).
+    """
+    correlation = any(m in ("matthews_correlation", "pearson", "spearman") for m in task.metrics)
+    return (200.0 if correlation else 100.0) / math.sqrt(max(1, test_rows))

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from methods.base import ArtifactPayload, TrainedTask
 from methods.continual import (ENCODER_PREFIX, HEADS_PREFIX, heads_meta, load_encoder, load_task_head,
                                tuned_encoder_names)
-from methods.training import FitResult, decay_groups, evaluate, linear_schedule
+from methods.training import FitResult, autocast, decay_groups, evaluate, linear_schedule
 from stream.avalanche_bridge import (MultiHeadEncoder, MultiTaskCriterion, TokenCollator, collator_for,
                                      single_experience, task_dataset)
 from stream.errors import ArtifactError
@@ -78,6 +78,7 @@ class FitControl(SupervisedPlugin):
         self.best, self.best_step, self.best_state = float("-inf"), 0, None
         self._scheduler = None
         self._bar = None
+        self._autocast = None
 
     def _dev_score(self) -> float:
         budget = self.arrival.budget
@@ -99,6 +100,14 @@ class FitControl(SupervisedPlugin):
             strategy.optimizer, linear_schedule(self.total_steps, self.warmup_ratio))
         self._bar = tqdm(total=self.total_steps, desc=self.desc, disable=not self.progress, leave=False,
                          dynamic_ncols=True)
+
+    def before_forward(self, strategy, **kwargs) -> None:
+        # The run's training precision, as methods.training.fit applies it: autocast around the forward only.
+        self._autocast = autocast(torch.device(strategy.device), self.arrival.precision)
+        self._autocast.__enter__()
+
+    def after_forward(self, strategy, **kwargs) -> None:
+        self._autocast.__exit__(None, None, None)
 
     def before_backward(self, strategy, **kwargs) -> None:
         # Runs before EWC's and LwF's before_backward add their terms: this is the task loss alone.
@@ -409,10 +418,10 @@ def prepare_arrival(method: ContinualMethod, arrival: Arrival, previous: LoadedA
 
     budget = arrival.budget
     steps_per_epoch = max(1, math.ceil(len(arrival.train) / budget.batch_size))
-    total = budget.max_steps if budget.max_steps is not None else budget.epochs * steps_per_epoch
+    total = budget.total_steps(len(arrival.train))
     control = FitControl(view=model.task_model(label), arrival=arrival,
                          params=[p for p in model.parameters() if p.requires_grad], total_steps=total,
-                         interval=budget.eval_every_steps or steps_per_epoch, select=config.model_selection,
+                         interval=budget.eval_interval(total), select=config.model_selection,
                          warmup_ratio=config.warmup_ratio,
                          max_grad_norm=config.max_grad_norm, progress=progress,
                          desc=f"{method.name} {arrival.step}:{task.name}")

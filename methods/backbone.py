@@ -52,6 +52,28 @@ def resolve_device(device: str) -> torch.device:
         raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}.") from exc
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA device with bf16 support, or a CPU whose flags
+    include AVX512-BF16 or AMX-BF16 (elsewhere bf16 autocast is emulated and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "")
+    except OSError:  # not Linux: no flags to read, so no claim of native bf16
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where :func:`native_bf16`, else ``fp32``; other values pass through."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 def state_fingerprint(module: nn.Module) -> str:
     """sha256 over every parameter and buffer (name, dtype, shape, bytes), in state-dict order."""
     digest = hashlib.sha256()

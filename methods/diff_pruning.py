@@ -6,29 +6,41 @@ log-alpha initialised to 5). Every encoder parameter is gated, embeddings includ
 dense and task-owned. Training runs in three stages on one arrival:
 
 1. **L0 stage**: train ``w`` (lr ``learning_rate``, paper 1e-5) and the gates' ``log_alpha`` (lr
-   ``alpha_learning_rate``, paper 0.1, Adam epsilon ``alpha_eps``) on the task loss plus the expected-L0
-   penalty ``l0_penalty * sum_i P(z_i != 0)``, ``P(z != 0) = sigmoid(log_alpha - log(-l/r))``.
+   ``alpha_learning_rate``, paper 0.1, constant, Adam epsilon ``alpha_eps``) on the task loss, while the
+   gates are closed by the expected-L0 pressure. By default (``l0_control="schedule"``) that pressure is
+   a decoupled L0 step whose strength a controller adapts so that the fraction of open gates follows a
+   cubic schedule down to ``target_density`` (:class:`DensityController` says why it is not a term in the
+   loss: under Adam no fixed lambda can steer it); ``l0_control="fixed"`` is the paper's penalty
+   ``l0_penalty * sum_i P(z_i != 0)`` in the loss, ``P(z != 0) = sigmoid(log_alpha - log(-l/r))``, which in
+   a stream's few hundred steps closes almost no gate. Gradients are clipped per role (the diff, the
+   gates, the head), as the official code clips them separately.
 2. **Projection**: the effective diff under the deterministic gate, ``zbar * w``, keeps its
    ``round(target_density * N)`` largest magnitudes (one global threshold over all N gated weights; ties
-   at the threshold go to the lowest flat index) and drops the rest.
+   at the threshold go to the lowest flat index) and drops the rest. With the controller, stage 1 ends
+   near the target, so the projection only trims; if stage 1 leaves fewer nonzero entries than the
+   target, those are stored as they are (never padded with untrained zeros).
 3. **Fixed-mask finetuning** of the surviving values (lr ``finetune_learning_rate``, paper 5e-5), which
    the paper calls crucial. Only the k values (a small dense vector) and the head train here.
 
-The arrival's budget (its epochs or ``max_steps``) is divided between stage 1 and stage 3:
-``finetune_fraction`` of the steps (rounded, at least one) go to stage 3, the rest to stage 1, as in the
-paper's equal split of epochs. Each stage runs the shared :func:`methods.training.fit`, so each restores
-its best dev-score state; the projection starts from stage 1's restored state.
+Budget (``stage_budget``): by default each of stage 1 and stage 3 gets the arrival's whole budget, as the
+paper gives each a finetuning-length run, so a diff pruning task trains twice the steps of full
+finetuning (the ledger's training seconds show it); ``stage_budget="split"`` divides one budget between
+them by ``finetune_fraction``. Each stage runs the shared :func:`methods.training.fit` and restores its
+best dev-score state; in stage 1 only states after the density schedule reaches the target compete.
 
 Variants (``variant``; also registered under their own names):
 
 - ``structured`` (``diff_pruning``, the default and the paper's best): a second hard-concrete gate per
-  weight tensor multiplies every gate of that tensor. ``structured_penalty="additive"`` (default) is the
-  official code's ``sum_i P(z_i != 0) + sum_g P(z_g != 0)`` (each group counted once);
-  ``"product"`` is the penalty as the paper writes it, ``sum_g P(z_g != 0) * sum_{i in g} P(z_i != 0)``.
+  weight tensor multiplies every gate of that tensor. With the fixed penalty, ``structured_penalty=
+  "additive"`` (default) is the official code's ``sum_i P(z_i != 0) + sum_g P(z_g != 0)`` (each group
+  counted once) and ``"product"`` the penalty as the paper writes it, ``sum_g P(z_g != 0) * sum_{i in g}
+  P(z_i != 0)``, whose tensor-sized gradient closes every tensor under Adam. The controller pushes the
+  weights' gates only; group gates follow the task.
 - ``unstructured`` (``diff_pruning_unstructured``): one gate per weight only.
-- ``nonadaptive`` (``diff_pruning_nonadaptive``): the paper's baseline. Stage 1 finetunes the dense diff
-  ``w`` without gates or penalty (a full finetuning, lr ``learning_rate``; the registered name defaults
-  it to full finetuning's 5e-5), then the same projection and fixed-mask finetuning.
+- ``nonadaptive`` (``diff_pruning_nonadaptive``): the paper's baseline. Stage 1 is a finished full
+  finetuning at full finetuning's own settings (this config's shared options: learning rate, head
+  learning rate, weight decay, warm-up, clipping; the same budget, head and seed as ``full``), whose
+  difference from the backbone is projected the same way, then fixed-mask finetuned.
 
 Evaluation always uses the deterministic gate, never a sample. The model returned by ``train`` is
 rebuilt from the artifact's tensors by the same code as :meth:`DiffPruningMethod.load`, so it predicts
@@ -40,64 +52,34 @@ plus the dense head. ``new_params`` is k + the head's parameters. ``lower_bound_
 ``log2 C(N, k)`` for the positions plus k values at the stored precision plus the head's dense bits. The
 metadata records the nonzeros per tensor (in the codec's ``count`` column, named by parameter, and as
 ``placement``, the ``{name: [changed, total]}`` map :mod:`analysis.placement` reads) and per layer, and what
-stage 1 did: its density under the deterministic gate and its expected density at the end, the expected
-density along the way (``expected_density_trace``, at most ``TRACE_POINTS`` ``[step, density]`` pairs from
-step 0) and what the projection saw (``projection``: a histogram of log10 |diff|, the exact zeros, the
-threshold). :mod:`analysis.diff_stages` turns these into tables and figures (notebooks/02).
+stage 1 did: its density under the deterministic gate, its open-gate fraction and expected density at the
+end, the expected density along the way (``expected_density_trace``, at most ``TRACE_POINTS`` points
+``[step, expected density, scheduled density, open fraction]`` from step 0; the last two with the
+controller only) and what the projection saw (``projection``: a histogram of log10 |diff|, the exact zeros,
+the threshold). :mod:`analysis.diff_stages` turns these into tables and figures (notebooks/02).
 
 Serving: :meth:`DiffPruningMethod.serving_patch` scatter-adds the k stored values into a live shared
 encoder's flat weights in place and, on revert, assigns the k overwritten weights back, so a server switches
-tasks at the cost of k entries rather than a model copy (:mod:`stream.serving`,
-bench/results/switch_latency.md).
+tasks at the cost of k entries rather than a model copy (:mod:`stream.serving`).
 
-Defaults and how they were chosen (bench/diff_pruning_sweep.py; tables in
-bench/results/diff_pruning_sweep.md). SST-2 on all-MiniLM-L6-v2, 512 training examples, 4 epochs of
-batch 32 (32 L0 + 32 fixed-mask steps), seed 0; test = GLUE validation scored from the stored file.
-References on the same data: full finetuning 78.2, linear probe 65.5.
-
-- Learning rates. With the paper's (w 1e-5, fixed-mask 5e-5) diff pruning scores 65.9, a linear probe's
-  score: in tens of Adam steps a weight moves about lr per step, so a 1e-5 diff barely matters.
-  ``learning_rate=1e-4`` gives 72.1 (dev 81 after stage 1, 71 right after projection, 74 after stage 3);
-  adding ``finetune_learning_rate=5e-4`` gives 79.5 (dev 83) at 0.5% of the parameters. The paper's
-  non-adaptive baseline (a 5e-5 full finetuning projected, fixed-mask 5e-5) scores 72.5.
-- lambda and Adam's epsilon. The penalty's gradient on a log-alpha is ``lambda * p * (1 - p)``, about
-  8e-10 at lambda 1.25e-7 and log-alpha 5, below Adam's epsilon 1e-8: Adam does not normalise it and a
-  log-alpha drifts by ``lr * lambda * p(1-p) / eps`` per step (under 0.01). With ``alpha_eps=1e-12`` (or
-  lambda 1.25e-5) Adam does normalise it, and every log-alpha without task signal falls by about its
-  learning rate per step, whatever lambda. Either way, at the paper's alpha learning rate 0.1 a
-  log-alpha moves at most ~0.05 per step on average over the warm-up/decay schedule, so in a stream's
-  tens of L0 steps no gate closes (it needs log-alpha < 0 from 5): the stage-1 density is the fraction
-  of weights that got any gradient (0.51; the word-embedding rows of tokens never seen stay exactly 0),
-  the expected density 0.96-0.97, and the projection does the pruning. Scores: paper 65.9, eps 1e-12
-  65.9, lambda 1.25e-5 65.3: the same within noise. The defaults keep the paper's lambda, epsilon and
-  alpha learning rate. To make the L0 stage itself prune within a short budget, set ``alpha_eps=1e-12``
-  and ``alpha_learning_rate`` to about 10 / (L0 steps): at 0.5 over 32 steps the stage-1 density fell to
-  0.5% (unstructured) and 0.4% (structured, additive; 10 tensors closed).
-- Structured penalty. In the product form a tensor gate's penalty gradient is ``lambda * p_g(1 - p_g) *
-  sum_i P(z_i != 0)``, the single-gate gradient times the tensor's size (up to 11.7M), so Adam always
-  normalises it and every tensor gate falls by its learning rate per step unless the task holds it: at
-  alpha learning rate 0.5 all 101 tensors closed (stage-1 density 0, leaving the projection nothing to
-  choose). The additive form, which produced the paper's numbers, keeps the tensor term one gate's
-  size: it is the default, and ``"product"`` stays available.
-- ``head_learning_rate=1e-3``: linear heads on MiniLM's mean-pooled features need ~1e-3
-  (bench/pooling_probe.py); ``finetune_fraction=0.5``: the paper's equal split of epochs.
-- Together (structured, additive, the defaults): test 80.7 (dev 80) against full finetuning's 78.2
-  (dev 83), with 0.5% of the backbone's parameters per task in a 581 KB artifact (full: 90 MB). One
-  seed and 872 test sentences: differences of 1-2 points are noise. The whole sweep took 29 CPU-minutes.
+Defaults: learning rates are chosen per task on the dev split (a ``search`` in the method spec; the
+committed choices and the study behind them are in bench/results/). How the controller's defaults were
+checked, and stage 1's density against the target per task: bench/results/diff_pruning_density.md.
 
 Memory and speed (autograd throughout, no hand-written gradients, no per-parameter loops in the step):
 ``w`` and ``log_alpha`` are one flat (N,) tensor each; the task weights are built out of place from the
 shared backbone tensors with one multi-tensor add (:class:`~methods.flat_params.FlatLayout`) and run
 through ``torch.func.functional_call``, so the backbone is never copied while training; a gate sample
-costs one (N,) allocation and autograd keeps two (N,) tensors for it; the expected-L0 penalty is built
-before the encoder runs and checkpointed, so nothing (N,)-sized waits for its backward; the shared loop
-uses the fused AdamW kernel (about 5x faster than the default on CPU) and releases gradients right after
-each optimizer step. Stage 3 trains only the k values. bench/step_cost.py measures step time
-and peak memory against full finetuning (results in bench/results/step_cost.md).
+costs one (N,) allocation and autograd keeps two (N,) tensors for it; the fixed penalty's expected L0 is
+built before the encoder runs and checkpointed, so nothing (N,)-sized waits for its backward; the
+controller's step is two elementwise passes over the (N,) gates; the shared loop uses the fused AdamW
+kernel and releases gradients right after each optimizer step. Stage 3 trains only the k values.
+bench/step_cost.py measures step time and peak memory against full finetuning.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping
@@ -116,7 +98,7 @@ from methods.flat_params import FlatLayout, FunctionalEncoder
 from methods.hard_concrete import HardConcrete
 from methods.patches import AddAtPositions, ServingPatch
 from methods.task_model import HEAD_PREFIX, TaskModel, head_state, load_head
-from methods.training import FitResult, decay_groups, evaluate
+from methods.training import SCHEDULES, FitResult, decay_groups, evaluate
 from stream.errors import ArtifactError, ConfigError
 from stream.validation import check_choice, check_real
 
@@ -124,12 +106,17 @@ logger = logging.getLogger(__name__)
 
 VARIANTS = ("structured", "unstructured", "nonadaptive")
 STRUCTURED_PENALTIES = ("product", "additive")
+STAGE_BUDGETS = ("paper", "split")
+L0_CONTROLS = ("schedule", "fixed")
 DEFAULT_STRUCTURED_PENALTY = "additive"  # see "Defaults" in the module docstring
 DIFF_KEY = "diff"  # tensor-name prefix of the packed diff: diff.positions, diff.values
 # Training diagnostics kept in the sidecar (they cost its bytes, so they are short): at most TRACE_POINTS
 # (step, expected density) pairs of stage 1, and a HISTOGRAM_BINS-bin histogram of |diff| at projection.
 TRACE_POINTS = 25
 HISTOGRAM_BINS = 40
+# The density controller's push (see DensityController): its start, and the bounds that keep it finite.
+INITIAL_PUSH = 1.0
+MIN_PUSH, MAX_PUSH = 1e-6, 1e6
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,13 +128,26 @@ class DiffPruningConfig(MethodConfig):
         structured_penalty: ``additive`` (the official code's, default) or ``product`` (the paper's
             formula); structured variant only.
         target_density: fraction of the backbone's parameters kept as nonzeros (paper: 0.5%).
-        finetune_fraction: fraction of the arrival's training steps given to fixed-mask finetuning
-            (stage 3); 0 skips stage 3 (an ablation: the paper found it crucial).
+        stage_budget: ``paper`` (default): stage 1 and stage 3 each get the arrival's whole budget, as the
+            paper gives each a finetuning-length run (so diff pruning trains twice as many steps as full
+            finetuning, which its training seconds show); ``split``: the budget is divided between them by
+            ``finetune_fraction``.
+        finetune_fraction: with ``stage_budget="split"``, the fraction of the steps given to fixed-mask
+            finetuning (stage 3); 0 skips stage 3 (an ablation: the paper found it crucial).
         learning_rate: AdamW learning rate of the dense diff ``w`` in stage 1 (paper 1e-5; default 1e-4).
-        alpha_learning_rate: learning rate of the gates' log-alpha in stage 1 (paper 0.1).
-        alpha_eps: Adam epsilon of the log-alpha group; against the penalty's tiny gradients it decides
-            whether Adam normalises the L0 pressure (default 1e-8, the paper's).
-        l0_penalty: lambda, the weight of the expected-L0 penalty (paper 1.25e-7 on BERT-large).
+        alpha_learning_rate: learning rate of the gates' log-alpha in stage 1 (paper 0.1), held constant
+            (``alpha_schedule``) as in the official code, not warmed up and decayed with ``w``'s.
+        alpha_schedule: ``constant`` (default) or ``linear`` (the shared warm-up/decay schedule).
+        alpha_eps: Adam epsilon of the log-alpha group (default 1e-8, the paper's).
+        l0_control: ``schedule`` (default): a decoupled L0 step, adapted at every step, closes gates so
+            that the fraction of open gates follows a cubic schedule from 1 to ``target_density`` over the
+            first ``l0_schedule_fraction`` of stage 1, then stays there (:class:`DensityController`);
+            ``fixed``: the paper's penalty ``l0_penalty * expected L0`` in the loss.
+        l0_penalty: lambda, the weight of the fixed penalty (paper 1.25e-7 on BERT-large).
+        l0_schedule_fraction: the share of stage 1 over which the scheduled density falls to the target;
+            model selection in stage 1 only considers states after it (all at the target density).
+        l0_gain: the controller's gain: its push is multiplied by ``exp(gain * error)`` per step, with
+            ``error`` the relative gap between the open and the scheduled fraction, clipped to [-1, 1].
         alpha_init: initial log-alpha of every gate (paper 5: gates start open, P(z != 0) = 0.993).
         gate_lower / gate_upper: the hard-concrete stretch interval (paper -1.5, 1.5).
         finetune_learning_rate: learning rate of the surviving values in stage 3 (paper 5e-5; default 5e-4).
@@ -158,11 +158,16 @@ class DiffPruningConfig(MethodConfig):
     variant: str = "structured"
     structured_penalty: str = DEFAULT_STRUCTURED_PENALTY
     target_density: float = 0.005
+    stage_budget: str = "paper"
     finetune_fraction: float = 0.5
     learning_rate: float = 1e-4
     alpha_learning_rate: float = 0.1
+    alpha_schedule: str = "constant"
     alpha_eps: float = 1e-8
+    l0_control: str = "schedule"
     l0_penalty: float = 1.25e-7
+    l0_schedule_fraction: float = 0.7
+    l0_gain: float = 0.1
     alpha_init: float = 5.0
     gate_lower: float = -1.5
     gate_upper: float = 1.5
@@ -179,11 +184,25 @@ class DiffPruningConfig(MethodConfig):
             raise ConfigError(f"{owner}.structured_penalty applies only to variant='structured'; got "
                               f"structured_penalty={self.structured_penalty!r} with variant={self.variant!r}.")
         check_real(owner, "target_density", self.target_density, minimum=0.0, maximum=1.0, exclusive_minimum=True)
+        check_choice(owner, "stage_budget", self.stage_budget, STAGE_BUDGETS)
         check_real(owner, "finetune_fraction", self.finetune_fraction, minimum=0.0, maximum=1.0,
                    exclusive_maximum=True)
+        if self.stage_budget == "paper" and self.finetune_fraction != 0.5:
+            raise ConfigError(f"{owner}.finetune_fraction applies only to stage_budget='split' (with 'paper' each "
+                              f"stage gets the whole budget); got finetune_fraction={self.finetune_fraction!r} with "
+                              "stage_budget='paper'. Add stage_budget=split.")
+        check_choice(owner, "alpha_schedule", self.alpha_schedule, SCHEDULES)
+        check_choice(owner, "l0_control", self.l0_control, L0_CONTROLS)
+        check_real(owner, "l0_schedule_fraction", self.l0_schedule_fraction, minimum=0.0, maximum=1.0,
+                   exclusive_minimum=True)
+        check_real(owner, "l0_gain", self.l0_gain, minimum=0.0, exclusive_minimum=True)
         check_real(owner, "alpha_learning_rate", self.alpha_learning_rate, minimum=0.0, exclusive_minimum=True)
         check_real(owner, "alpha_eps", self.alpha_eps, minimum=0.0, exclusive_minimum=True)
         check_real(owner, "l0_penalty", self.l0_penalty, minimum=0.0)
+        if self.l0_control == "schedule" and self.structured_penalty != DEFAULT_STRUCTURED_PENALTY:
+            raise ConfigError(f"{owner}.structured_penalty={self.structured_penalty!r} shapes the fixed penalty in "
+                              "the loss; with l0_control='schedule' the controller pushes the weights' gates only. "
+                              "Add l0_control=fixed to use it.")
         check_real(owner, "alpha_init", self.alpha_init, minimum=-20.0, maximum=20.0)
         check_real(owner, "gate_lower", self.gate_lower, maximum=0.0, exclusive_maximum=True)
         check_real(owner, "gate_upper", self.gate_upper, minimum=1.0, exclusive_minimum=True)
@@ -218,11 +237,12 @@ class DiffPruningUnstructuredConfig(DiffPruningConfig):
 class DiffPruningNonadaptiveConfig(DiffPruningConfig):
     """The non-adaptive baseline: magnitude-prune a full finetuning's diff, then fixed-mask finetune.
 
-    Its stage 1 is full finetuning, so ``learning_rate`` defaults to full finetuning's 5e-5.
+    Its stage 1 is a full finetuning at full finetuning's settings, so ``learning_rate`` defaults to full
+    finetuning's 1e-4 (give it the same per-task rate as ``full`` when comparing the two).
     """
 
     variant: str = "nonadaptive"
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -245,7 +265,7 @@ class GatedDiff(nn.Module):
         self.gate = config.gate
         self.structured = config.variant == "structured"
         self.penalty_form = config.structured_penalty
-        self.with_penalty = config.l0_penalty > 0
+        self.with_penalty = config.l0_control == "fixed" and config.l0_penalty > 0
         self._penalty: torch.Tensor | None = None
         kind = {"device": device, "dtype": layout.dtype}
         self.diff_w = nn.Parameter(torch.zeros(n, **kind))
@@ -296,22 +316,28 @@ class GatedDiff(nn.Module):
         return float((self.gate.prob_nonzero(self.diff_group_log_alpha).double() * per_group).sum())
 
     @torch.no_grad()
+    def open_fraction(self) -> float:
+        """The fraction of the N weights whose evaluation-time gate is open (its group's too, if structured)."""
+        open_gates = self.diff_log_alpha > 0
+        if self.structured:
+            open_gates &= self._layout_expand(self.diff_group_log_alpha > 0)
+        return float(open_gates.sum()) / open_gates.numel()
+
+    @torch.no_grad()
+    def push_gates(self, push: float) -> None:
+        """The decoupled L0 step on the weights' gates: ``log_alpha -= push * dP(z != 0)/dlog_alpha``."""
+        probs = self.gate.prob_nonzero(self.diff_log_alpha)
+        self.diff_log_alpha.sub_(probs * (1.0 - probs) * push)
+
+    def _layout_expand(self, per_group: torch.Tensor) -> torch.Tensor:
+        return per_group.repeat_interleave(self.group_sizes, output_size=self.diff_log_alpha.numel())
+
+    @torch.no_grad()
     def closed_groups(self) -> list[int]:
         """Indices of the tensors whose deterministic group gate is exactly 0 (structured only)."""
         if not self.structured:
             return []
         return torch.nonzero(self.gate.deterministic(self.diff_group_log_alpha) == 0).flatten().tolist()
-
-
-class DenseDiff(nn.Module):
-    """Stage 1 of the non-adaptive variant: ``delta = w``, a full finetuning written as a diff."""
-
-    def __init__(self, layout: FlatLayout) -> None:
-        super().__init__()
-        self.diff_w = nn.Parameter(torch.zeros(layout.numel, device=layout.device, dtype=layout.dtype))
-
-    def forward(self) -> tuple[torch.Tensor, None]:
-        return self.diff_w, None
 
 
 class SparseDiff(nn.Module):
@@ -385,6 +411,8 @@ def top_k_positions(values: torch.Tensor, k: int) -> torch.Tensor:
     nonzero).
     """
     magnitude = values.detach().abs()
+    if k == 0:
+        return torch.zeros(0, dtype=torch.long, device=magnitude.device)
     if k >= magnitude.numel():
         return torch.arange(magnitude.numel(), device=magnitude.device)
     threshold = torch.topk(magnitude, k, sorted=False).values.min()
@@ -419,11 +447,76 @@ def stage_steps(total: int, finetune_fraction: float) -> tuple[int, int]:
     return max(1, total - finetune), finetune
 
 
-def _budget_steps(arrival) -> int:
-    budget = arrival.budget
-    if budget.max_steps is not None:
-        return budget.max_steps
-    return budget.epochs * max(1, math.ceil(len(arrival.train) / budget.batch_size))
+def stage_budget_steps(config: DiffPruningConfig, total: int) -> tuple[int, int]:
+    """Stage 1 and stage 3 lengths for a budget of ``total`` steps (see ``DiffPruningConfig.stage_budget``)."""
+    if config.stage_budget == "paper":
+        return total, total
+    return stage_steps(total, config.finetune_fraction)
+
+
+def scheduled_density(step: int, ramp: int, start: float, target: float) -> float:
+    """The cubic density schedule of gradual pruning (Zhu & Gupta 2017): ``start`` at step 0, falling fast
+    at first and slowly near the end to ``target`` at step ``ramp``, then ``target``."""
+    if step >= ramp:
+        return target
+    return target + (start - target) * (1.0 - step / ramp) ** 3
+
+
+class DensityController:
+    """Stage 1's pruning: holds the fraction of open gates to a schedule with a decoupled L0 step.
+
+    Why not the penalty in the loss: Adam divides every gradient by its own running size, so an L0 term
+    in the loss either vanishes under Adam's epsilon (the paper's lambda at log-alpha 5: no gate closes in
+    a stream's budget) or, once above it, moves every gate without task signal by the full learning rate
+    whatever lambda is, which no lambda can steer. So, as AdamW decouples weight decay from Adam, the
+    controller applies the expected-L0 gradient outside the optimizer: after each step every weight's
+    gate moves ``log_alpha -= push * p (1 - p)`` (``p = P(z != 0)``, the gradient of the expected L0),
+    while Adam moves the gates by the task loss alone. The push is a multiplicative Lagrange multiplier on
+    the constraint "open fraction <= schedule": after every step it is multiplied by ``exp(gain * e)``,
+    ``e`` the relative gap ``(open - scheduled) / scheduled`` clipped to [-1, 1], so it grows while the
+    gates lag the schedule and shrinks once they are at or below it, and the step is proportional to it
+    (no all-or-nothing). The open fraction is measured under the evaluation gates (``log_alpha > 0``, and
+    the tensor's group gate open), the density the projection then sees. The schedule is the cubic one of
+    gradual pruning (:func:`scheduled_density`), from 1 to ``target_density`` over
+    ``l0_schedule_fraction`` of the stage. Group gates of the structured variant get no push: pushed like
+    single weights they close whole tensors (2.6% of the parameters at a time) long before the task can
+    hold them; they follow the task loss.
+
+    With ``l0_control="fixed"`` nothing is pushed: the paper's penalty ``l0_penalty * sum P(z != 0)`` is in
+    the loss (:meth:`penalty`) and the controller only records the trace.
+    """
+
+    def __init__(self, source: GatedDiff, config: DiffPruningConfig, steps: int) -> None:
+        self.source, self.config = source, config
+        self.controlled = config.l0_control == "schedule"
+        self.numel = source.diff_w.numel()
+        self.push = INITIAL_PUSH
+        self.ramp = max(1, round(config.l0_schedule_fraction * steps)) if self.controlled else 0
+        self.every = max(1, math.ceil(steps / TRACE_POINTS))
+        self.steps = steps
+        self.trace: list[list[float]] = [self._point(0)]
+
+    def target(self, step: int) -> float:
+        return scheduled_density(step, self.ramp, 1.0, self.config.target_density)
+
+    def _point(self, step: int) -> list[float]:
+        point = [step, round(self.source.expected_nonzeros() / self.numel, 6)]
+        if self.controlled:
+            point += [round(self.target(step), 6), round(self.source.open_fraction(), 6)]
+        return point
+
+    def penalty(self) -> torch.Tensor:
+        """The fixed penalty term of the loss (``l0_control="fixed"``): ``l0_penalty`` times the expected L0."""
+        return self.config.l0_penalty * self.source.step_penalty()
+
+    def after_step(self, step: int) -> None:
+        if self.controlled:
+            self.source.push_gates(self.push)
+            target = self.target(step)
+            error = max(-1.0, min(1.0, (self.source.open_fraction() - target) / target))
+            self.push = min(MAX_PUSH, max(MIN_PUSH, self.push * math.exp(self.config.l0_gain * error)))
+        if step % self.every == 0 or step == self.steps:
+            self.trace.append(self._point(step))
 
 
 def _combine_fits(first: FitResult, second: FitResult | None) -> FitResult:
@@ -458,18 +551,24 @@ class DiffPruningMethod(Method):
     # ---------------------------------------------------------------------------------------- train
     def train(self, arrival, *, previous=None, progress=False) -> TrainedTask:
         config = self.config
-        l0_steps, finetune_steps = stage_steps(_budget_steps(arrival), config.finetune_fraction)
-        head = self.task_head(arrival)
+        l0_steps, finetune_steps = stage_budget_steps(config, arrival.budget.total_steps(len(arrival.train)))
         label = f"{self.name} {arrival.step}:{arrival.task.name}"
-        positions, values, fit1, stage1 = self._l0_stage(arrival, head, l0_steps, label, progress)
+        if config.variant == "nonadaptive":
+            effective, head, fit1, stage1 = self._dense_stage(arrival, progress)
+        else:
+            head = self.task_head(arrival)
+            effective, fit1, stage1 = self._l0_stage(arrival, head, l0_steps, label, progress)
+        positions, values = self._project(effective, stage1, label)
         sparse = SparseDiff(self.layout.numel, positions, values)
         fit3 = None
         if finetune_steps:
             model = TaskModel(DiffEncoder(self.backbone.encoder, self.layout, sparse), head, self.backbone.pooling)
-            groups = ([{"params": [sparse.diff_values], "lr": config.finetune_learning_rate, "weight_decay": 0.0}]
-                      + decay_groups(head.named_parameters(), self.head_lr(), config.weight_decay))
+            groups = decay_groups(head.named_parameters(), self.head_lr(), config.weight_decay, role="head")
+            if positions.numel():
+                groups.insert(0, {"params": [sparse.diff_values], "lr": config.finetune_learning_rate,
+                                  "weight_decay": 0.0, "role": "diff"})
             fit3 = self.fit(model, groups, arrival, progress=progress, desc=f"{label} fixed-mask",
-                            max_steps=finetune_steps)
+                            steps=finetune_steps)
         payload = self._payload(sparse.positions, sparse.diff_values.detach(), head, stage1,
                                 None if fit3 is None else _stage_summary(fit3))
         final = self._model_from_tensors(payload.tensors, payload.meta, arrival.task)
@@ -481,48 +580,62 @@ class DiffPruningMethod(Method):
         return TrainedTask(model=final, payload=payload, fit=fit)
 
     def _l0_stage(self, arrival, head: nn.Module, steps: int, label: str, progress: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor, FitResult, dict[str, Any]]:
-        """Stages 1 and 2: train the gated (or dense) diff, then project it to the target nonzeros.
+                  ) -> tuple[torch.Tensor, FitResult, dict[str, Any]]:
+        """Stage 1 of the adaptive variants: train the gated diff under the (controlled) L0 penalty.
 
-        Returns the kept flat positions (k,), their values (k,), the stage's FitResult and its summary.
+        Returns the effective diff (N,) under the deterministic gates, the stage's FitResult and summary.
         """
-        adaptive = self.config.variant != "nonadaptive"
-        source = GatedDiff(self.layout, self.config) if adaptive else DenseDiff(self.layout)
-        model = TaskModel(DiffEncoder(self.backbone.encoder, self.layout, source), head, self.backbone.pooling)
-        trace: list[list[float]] = []
-        fit = self.fit(model, self._stage1_groups(source, head), arrival, progress=progress,
-                       desc=f"{label} {'L0' if adaptive else 'dense'}", max_steps=steps,
-                       extra_loss=self._extra_loss(source), after_step=_stage1_hook(source, steps, trace))
-        effective = effective_diff(source, self.layout)  # (N,)
-        nonzero = int(torch.count_nonzero(effective))
-        if nonzero < self.nonzeros:
-            logger.warning("%s: stage 1 ended with %d nonzero diff entries (best dev state at step %d), fewer than "
-                           "the %d kept; the rest are chosen by lowest index and start at 0.", label, nonzero,
-                           fit.best_step, self.nonzeros)
-        summary = {**_stage_summary(fit), "density": nonzero / self.layout.numel}
-        if adaptive:
-            summary["expected_density"] = source.expected_nonzeros() / self.layout.numel
-            summary["expected_density_trace"] = trace
-            if source.structured:
-                summary["closed_tensors"] = source.closed_groups()
-        positions = top_k_positions(effective, self.nonzeros)
-        summary["projection"] = magnitude_histogram(effective, positions)
-        return positions, effective[positions], fit, summary
-
-    def _stage1_groups(self, source: nn.Module, head: nn.Module) -> list[dict]:
         config = self.config
-        groups = [{"params": [source.diff_w], "lr": config.learning_rate, "weight_decay": 0.0}]
-        if isinstance(source, GatedDiff):
-            alphas = [source.diff_log_alpha] + ([source.diff_group_log_alpha] if source.structured else [])
-            groups.append({"params": alphas, "lr": config.alpha_learning_rate, "eps": config.alpha_eps,
-                           "weight_decay": 0.0})
-        return groups + decay_groups(head.named_parameters(), self.head_lr(), config.weight_decay)
+        source = GatedDiff(self.layout, config)
+        model = TaskModel(DiffEncoder(self.backbone.encoder, self.layout, source), head, self.backbone.pooling)
+        controller = DensityController(source, config, steps)
+        groups = [{"params": [source.diff_w], "lr": config.learning_rate, "weight_decay": 0.0, "role": "diff"},
+                  {"params": [source.diff_log_alpha] + ([source.diff_group_log_alpha] if source.structured else []),
+                   "lr": config.alpha_learning_rate, "eps": config.alpha_eps, "weight_decay": 0.0, "role": "gate",
+                   "schedule": config.alpha_schedule}]
+        groups += decay_groups(head.named_parameters(), self.head_lr(), config.weight_decay, role="head")
+        fixed_penalty = not controller.controlled and config.l0_penalty > 0
+        fit = self.fit(model, groups, arrival, progress=progress, desc=f"{label} L0", steps=steps,
+                       extra_loss=controller.penalty if fixed_penalty else None,
+                       after_step=controller.after_step, select_from=controller.ramp)
+        summary = {**_stage_summary(fit), "expected_density": source.expected_nonzeros() / self.layout.numel,
+                   "open_fraction": source.open_fraction(), "expected_density_trace": controller.trace,
+                   "control": config.l0_control}
+        if controller.controlled:
+            summary["final_push"] = controller.push
+        if source.structured:
+            summary["closed_tensors"] = source.closed_groups()
+        return effective_diff(source, self.layout), fit, summary
 
-    def _extra_loss(self, source: nn.Module):
-        if not isinstance(source, GatedDiff) or self.config.l0_penalty == 0:
-            return None
-        strength = self.config.l0_penalty
-        return lambda: strength * source.step_penalty()
+    def _dense_stage(self, arrival, progress: bool) -> tuple[torch.Tensor, nn.Module, FitResult, dict[str, Any]]:
+        """Stage 1 of the non-adaptive baseline: a finished full finetuning at full finetuning's own settings
+        (this config's learning rates, the same budget, head and seed), written as a diff from the backbone.
+
+        Returns the diff (N,), the finetuned head (stage 3 continues it), the FitResult and the summary.
+        """
+        from methods.full import FullConfig, FullMethod
+
+        shared = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(MethodConfig)}
+        trained = FullMethod(FullConfig(**shared), self.backbone).train(arrival, progress=progress)
+        encoder = trained.model.encoder
+        with torch.no_grad():
+            effective = torch.cat([(param.detach().reshape(-1) - base)
+                                   for param, base in zip(encoder.parameters(), self.layout.flat_bases())])
+        return effective, trained.model.head, trained.fit, _stage_summary(trained.fit)
+
+    def _project(self, effective: torch.Tensor, summary: dict[str, Any], label: str
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 2: keep the ``nonzeros`` largest magnitudes of the (N,) diff; if stage 1 left fewer nonzero
+        entries, keep just those (never pad with untrained zeros). Records the outcome in ``summary``."""
+        nonzero = int(torch.count_nonzero(effective))
+        summary["density"] = nonzero / self.layout.numel
+        keep = min(self.nonzeros, nonzero)
+        if keep < self.nonzeros:
+            logger.info("%s: stage 1 left %d nonzero diff entries, fewer than the target's %d; storing those %d.",
+                        label, nonzero, self.nonzeros, nonzero)
+        positions = top_k_positions(effective, keep)
+        summary["projection"] = magnitude_histogram(effective, positions)
+        return positions, effective[positions]
 
     # -------------------------------------------------------------------------------------- storage
     def _payload(self, positions: torch.Tensor, values: torch.Tensor, head: nn.Module,
@@ -594,22 +707,6 @@ class DiffPruningMethod(Method):
                               {name: values for name, (_, values) in diff.items()})
         head = load_head(artifact.tensors, self.backbone.hidden_size, task.num_outputs, self.config.head_dropout)
         return ServingPatch([edit], head.to(self.device), self.backbone.pooling)
-
-
-def _stage1_hook(source: nn.Module, steps: int, trace: list[list[float]]):
-    """The stage-1 after-step hook of gated diffs: append ``[step, expected density]`` to ``trace`` at step 0
-    and at most :data:`TRACE_POINTS` evenly spaced steps."""
-    if not isinstance(source, GatedDiff):
-        return None
-    numel = source.diff_w.numel()
-    every = max(1, math.ceil(steps / TRACE_POINTS))
-    trace.append([0, round(source.expected_nonzeros() / numel, 6)])
-
-    def after_step(step: int) -> None:
-        if step % every == 0 or step == steps:
-            trace.append([step, round(source.expected_nonzeros() / numel, 6)])
-
-    return after_step
 
 
 @register_method

@@ -32,7 +32,8 @@ The head
     By default a dense head trains beside the scores (``head_learning_rate``, weight decay as usual).
     ``train_head=False`` is the paper's alternative: the head keeps its random initialisation (regenerated
     at load time from the seed stored in the sidecar) and its weight matrix is masked like the others; its
-    bias stays zero. A frozen random head cannot rescale outputs, so it is a poor fit for regression
+    bias stays at its start (zero, or the mean training label for regression; stored in the sidecar). A
+    frozen random head cannot rescale outputs, so it is a poor fit for regression
     (STS-B); a warning says so.
 
 Artifact
@@ -310,6 +311,9 @@ class MaskingMethod(Method):
                 "threshold": self.config.threshold,
                 "head": HEAD_TRAINED if self.config.train_head else HEAD_FROZEN,
                 "head_seed": None if self.config.train_head else seed,
+                # A frozen head is regenerated from its seed at load time; its bias (a regression head starts
+                # at the mean label) is stored beside the seed.
+                "head_bias": None if self.config.train_head else head.out.bias.detach().cpu().tolist(),
                 "covered_weights": covered, "masked_out_fraction": 1.0 - kept / covered,
                 "flipped_fraction": flipped / covered,
                 # analysis.placement's contract: backbone tensor -> [entries masked out, entries].
@@ -331,6 +335,9 @@ class MaskingMethod(Method):
                              self.config.head_dropout).to(self.device)
         else:
             head = self.new_head(task, int(meta["head_seed"])).requires_grad_(False)
+            if meta.get("head_bias") is not None:
+                with torch.no_grad():
+                    head.out.bias.copy_(torch.tensor(meta["head_bias"], dtype=head.out.bias.dtype))
         modules = self.masked_modules(encoder, head)
         if list(masks) != list(modules):
             raise ArtifactError(f"masking artifact {artifact.record.tensor_path} masks {len(masks)} matrices "

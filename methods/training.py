@@ -22,11 +22,14 @@ from tqdm.auto import tqdm
 
 from analysis.metrics import compute_metrics, task_score
 from methods.base import MethodConfig
+from stream.scenario import Budget
 from stream.tasks import TaskSpec
 from stream.tokenization import TokenizedSplit
 
 logger = logging.getLogger(__name__)
 
+#: Training precisions: fp32, or autocast of the forward pass to bfloat16 / float16.
+PRECISIONS = ("fp32", "bf16", "fp16")
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
@@ -57,16 +60,19 @@ class FitResult:
                 "dev_history": self.dev_history, "mean_loss": self.mean_loss}
 
 
-def decay_groups(named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups: weight decay on weights, none on biases and LayerNorm weights."""
+def decay_groups(named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float, *,
+                 role: str | None = None) -> list[dict]:
+    """AdamW parameter groups: weight decay on weights, none on biases and LayerNorm weights; ``role`` tags
+    them for per-role gradient clipping (see :func:`fit`)."""
     decay, no_decay = [], []
     for name, param in named:
         (no_decay if name.endswith(_NO_DECAY) else decay).append(param)
+    extra = {} if role is None else {"role": role}
     groups = []
     if decay:
-        groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay})
+        groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay, **extra})
     if no_decay:
-        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
+        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, **extra})
     return groups
 
 
@@ -120,34 +126,65 @@ def linear_schedule(total_steps: int, warmup_ratio: float) -> Callable[[int], fl
     return factor
 
 
+def _constant(step: int) -> float:
+    return 1.0
+
+
+#: Learning-rate schedules a parameter group may ask for with its ``schedule`` key.
+SCHEDULES = ("linear", "constant")
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of a training forward pass: a no-op for ``fp32``, else ``bf16``/``fp16`` autocast."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
 def fit(model: nn.Module, groups: list[dict], train: TokenizedSplit, dev: TokenizedSplit, task: TaskSpec, *,
-        config: MethodConfig, epochs: int, max_steps: int | None, batch_size: int, seed: int,
-        device: torch.device, eval_every_steps: int | None = None, eval_batch_size: int = 64,
-        extra_loss: Callable[[], torch.Tensor] | None = None,
+        config: MethodConfig, budget: Budget, seed: int, device: torch.device, steps: int | None = None,
+        precision: str = "fp32", select_from: int = 0, extra_loss: Callable[[], torch.Tensor] | None = None,
         after_step: Callable[[int], None] | None = None,
         progress: bool = False, desc: str = "train") -> FitResult:
     """Train the parameters in ``groups`` and restore the state with the best dev score.
 
     Args:
         model: a TaskModel already on ``device``; only parameters in ``groups`` are updated.
-        groups: AdamW parameter groups (each with its own ``lr``; see :func:`decay_groups`).
-        epochs / max_steps: training length; ``max_steps`` wins when set.
-        eval_every_steps: model-selection interval; default once per epoch (and at the last step).
+        groups: AdamW parameter groups (see :func:`decay_groups`). Besides AdamW's own keys (``lr``,
+            ``eps``, ...) a group may carry ``role`` (gradients are clipped to ``config.max_grad_norm``
+            per role, so a role with large gradients cannot starve another of its step; default one role
+            for all) and ``schedule`` (``linear``: warm-up then decay, the default; ``constant``).
+        budget: batch size, batching, model-selection cadence and, unless ``steps`` is given, the length.
+        steps: training length of this call (a stage of a multi-stage method); default the budget's.
+        precision: ``fp32``, or ``bf16``/``fp16`` autocast of the forward pass (losses in fp32; ``fp16``
+            scales the loss). Dev evaluation always runs in fp32.
+        select_from: model selection considers only states from this step on (diff pruning's L0 stage:
+            states before its density schedule reaches the target are not candidates); the dev evaluations
+            are spread over that window.
         extra_loss: called each step and added to the task loss (for example an L0 penalty).
-        after_step: called with the step number after each optimizer step (bench/step_cost.py times
-            steps with it).
+        after_step: called with the step number after each optimizer step.
     """
     start = time.perf_counter()
     params = [p for g in groups for p in g["params"]]
     if not params:
         raise ValueError("fit() got no trainable parameters")
-    steps_per_epoch = max(1, math.ceil(len(train) / batch_size))
-    total = max_steps if max_steps is not None else epochs * steps_per_epoch
-    interval = eval_every_steps or steps_per_epoch
+    total = steps if steps is not None else budget.total_steps(len(train))
+    select_from = min(select_from, total)
+    interval = budget.eval_interval(total - select_from)
+    steps_per_epoch = max(1, math.ceil(len(train) / budget.batch_size))
+    roles: dict[str, list[nn.Parameter]] = {}
+    for group in groups:
+        roles.setdefault(group.get("role", "model"), []).extend(group["params"])
+        if group.get("schedule", "linear") not in SCHEDULES:
+            raise ValueError(f"parameter group schedule must be one of {SCHEDULES}; got {group['schedule']!r}")
     # The fused kernel is several times faster than the per-tensor loop on CPU (0.04 s vs 0.19 s per step
     # for all of MiniLM) and exists on CUDA too.
     optimizer = torch.optim.AdamW(groups, fused=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total, config.warmup_ratio))
+    linear = linear_schedule(total, config.warmup_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [_constant if g.get("schedule") == "constant" else linear for g in optimizer.param_groups])
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
 
@@ -161,14 +198,18 @@ def fit(model: nn.Module, groups: list[dict], train: TokenizedSplit, dev: Tokeni
     step = 0
     model.train()
     while step < total:
-        for batch in train.batches(batch_size, generator=generator):
-            logits = model(**_model_inputs(batch, device))
-            loss = task_loss(logits, batch["labels"].to(device), task)
+        for batch in train.batches(budget.batch_size, generator=generator, group_by_length=budget.group_by_length):
+            with autocast(device, precision):
+                logits = model(**_model_inputs(batch, device))
+            loss = task_loss(logits.float(), batch["labels"].to(device), task)
             objective = loss + extra_loss() if extra_loss is not None else loss
-            objective.backward()
+            scaler.scale(objective).backward()
             if config.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
+                scaler.unscale_(optimizer)
+                for role_params in roles.values():
+                    torch.nn.utils.clip_grad_norm_(role_params, config.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
             # Freed here rather than before the next backward, so they are not held through the next forward.
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
@@ -178,8 +219,8 @@ def fit(model: nn.Module, groups: list[dict], train: TokenizedSplit, dev: Tokeni
             losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", dev="-" if best_state is None else f"{best:.1f}")
-            if step % interval == 0 or step == total:
-                _, score = evaluate(model, {"dev": dev}, task, batch_size=eval_batch_size, device=device)
+            if step == total or (step >= select_from and (step - select_from) % interval == 0):
+                _, score = evaluate(model, {"dev": dev}, task, batch_size=budget.eval_batch_size, device=device)
                 history.append((step, score))
                 model.train()
                 if best_state is None or score > best:  # the first state counts even if its score is nan

@@ -283,6 +283,7 @@ class MultiTaskCriterion:
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         regression = getattr(logits, "regression_rows", None)
+        logits = logits.float()  # autocast may have produced bf16/fp16 logits; losses are taken in fp32
         if regression is None:
             regression = torch.full((len(targets),), targets.is_floating_point(), dtype=torch.bool,
                                     device=logits.device)

@@ -8,6 +8,7 @@ when a run directory is reused.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import re
 import tomllib
@@ -28,8 +29,12 @@ DEFAULT_METHODS = ("full", "last_layer")
 DEFAULT_HUB_REPO = "nyu-mll/glue"
 #: Avalanche loggers a run can write (see stream.avalanche_log).
 AVALANCHE_LOGGERS = ("csv", "tensorboard", "text")
-# Fields that may change between a run and its resumption without changing what the run computes.
-RESUMABLE_FIELDS = frozenset({"device", "avalanche_loggers"})
+#: Training precisions: ``auto`` is bf16 autocast where the hardware computes bf16 natively (a CPU with
+#: AVX512-BF16 or AMX, a CUDA device with bf16), else fp32.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Fields that may change between a run and its resumption without changing what the run is (a different
+# thread count can change the last bits of a result: the runner warns when it does).
+RESUMABLE_FIELDS = frozenset({"device", "avalanche_loggers", "threads"})
 
 
 def _parse_scalar(text: str) -> Any:
@@ -47,25 +52,67 @@ def _parse_scalar(text: str) -> Any:
     return text
 
 
+def _option_items(owner: str, value: Any) -> tuple[tuple[str, Any], ...]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{owner} must be a table of option = value; got {value!r}.")
+    return tuple(sorted((str(k), tuple(v) if isinstance(v, list) else v) for k, v in value.items()))
+
+
 @dataclass(frozen=True, kw_only=True)
 class MethodSpec:
     """A method by registry name, with options for its config class and a label naming this variant.
 
     The label names the method's artifacts folder and its ledger rows; it defaults to the name plus
     its options (``last_layer-k2``), so two variants of a method can run side by side.
+
+    Attributes:
+        options: option -> value, for every task.
+        per_task: task -> options overriding ``options`` on that task only (for example learning rates
+            chosen per task by an earlier study).
+        search: option -> candidate values. On every task each combination of candidates is trained and
+            the one with the best dev score is kept (its file is the task's artifact); the grid, every
+            candidate's dev score and the choice are recorded in the artifact sidecar and the ledger.
+            Training time grows with the number of combinations and is counted in the ledger.
     """
 
     name: str
     options: tuple[tuple[str, Any], ...] = ()
     label: str | None = None
+    per_task: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    search: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         cls = get_method_class(self.name)
-        cls.config_class.from_options(dict(self.options))
         object.__setattr__(self, "options", tuple(sorted(self.options)))
-        if self.label is not None and (not self.label or any(c in self.label for c in "/\\ :,")):
+        object.__setattr__(self, "per_task", tuple(sorted((t, tuple(sorted(o))) for t, o in self.per_task)))
+        object.__setattr__(self, "search", tuple(sorted((k, tuple(v)) for k, v in self.search)))
+        for key, values in self.search:
+            if not values or len(set(map(repr, values))) != len(values):
+                raise ConfigError(f"Method {self.name!r}: search.{key} must list distinct candidate values; "
+                                  f"got {list(values)!r}.")
+            if key in dict(self.options):
+                raise ConfigError(f"Method {self.name!r}: option {key!r} is both fixed ({dict(self.options)[key]!r}) "
+                                  f"and searched ({list(values)!r}); give it one way.")
+        for task, _ in self.per_task:
+            for candidate in self.candidates(task):
+                cls.config_class.from_options(candidate)
+        for candidate in self.candidates(None):
+            cls.config_class.from_options(candidate)
+        if self.label is not None and (not isinstance(self.label, str) or not self.label
+                                       or any(c in self.label for c in "/\\ :,")):
             raise ConfigError(f"method label must be non-empty without '/', '\\\\', ':', ',' or spaces; "
                               f"got {self.label!r}.")
+
+    def task_options(self, task: str | None) -> dict[str, Any]:
+        """The fixed options on ``task``: ``options`` with that task's ``per_task`` overrides."""
+        return {**dict(self.options), **dict(dict(self.per_task).get(task, ()))}
+
+    def candidates(self, task: str | None) -> list[dict[str, Any]]:
+        """Every option set tried on ``task``: the fixed options times each combination of ``search``."""
+        fixed = self.task_options(task)
+        grid = [(k, v) for k, v in self.search if k not in dict(dict(self.per_task).get(task, ()))]
+        return [{**fixed, **dict(zip([k for k, _ in grid], combo))}
+                for combo in itertools.product(*[values for _, values in grid])]
 
     @property
     def resolved_label(self) -> str:
@@ -80,20 +127,25 @@ class MethodSpec:
 
     @classmethod
     def parse(cls, text: str) -> MethodSpec:
-        """Parse ``name`` or ``name:key=value:key=value`` (as in ``--methods full,last_layer:k=2``)."""
+        """Parse ``name`` or ``name:key=value:key=value`` (as in ``--methods full,last_layer:k=2``); a value
+        ``a|b|c`` makes the option a search over those candidates (``full:learning_rate=5e-5|1e-4``)."""
         name, *pairs = text.strip().split(":")
-        options = []
+        options, search = [], []
         for pair in pairs:
             if "=" not in pair:
                 raise ConfigError(f"Method option {pair!r} in {text!r} must look like key=value "
                                   "(for example last_layer:k=2).")
             key, value = pair.split("=", 1)
-            options.append((key.strip(), _parse_scalar(value.strip())))
-        return cls(name=name, options=tuple(options))
+            if "|" in value:
+                search.append((key.strip(), tuple(_parse_scalar(v.strip()) for v in value.split("|"))))
+            else:
+                options.append((key.strip(), _parse_scalar(value.strip())))
+        return cls(name=name, options=tuple(options), search=tuple(search))
 
     @classmethod
     def from_value(cls, value: Any) -> MethodSpec:
-        """From a string (see :meth:`parse`) or a table ``{name = ..., label = ..., <option> = ...}``."""
+        """From a string (see :meth:`parse`) or a table ``{name = ..., label = ..., per_task = {...},
+        search = {...}, <option> = ...}``."""
         if isinstance(value, MethodSpec):
             return value
         if isinstance(value, str):
@@ -103,13 +155,33 @@ class MethodSpec:
             if "name" not in table:
                 raise ConfigError(f"A [[methods]] entry needs a 'name'; got {value!r}.")
             name, label = table.pop("name"), table.pop("label", None)
+            if not isinstance(name, str):
+                raise ConfigError(f"A method's name must be a string like 'full'; got {name!r}.")
+            per_task = table.pop("per_task", {})
+            search = table.pop("search", {})
             options = dict(table.pop("options", {}))
             options.update(table)
-            return cls(name=name, options=tuple(options.items()), label=label)
+            if not isinstance(per_task, Mapping):
+                raise ConfigError(f"Method {name!r}: per_task must be a table of task = {{option = value}}; "
+                                  f"got {per_task!r}.")
+            search_items = _option_items(f"Method {name!r}: search", search)
+            for key, values in search_items:
+                if not isinstance(values, tuple):
+                    raise ConfigError(f"Method {name!r}: search.{key} must be a list of candidate values; "
+                                      f"got {values!r}.")
+            return cls(name=name, options=tuple(options.items()), label=label,
+                       per_task=tuple((str(t), _option_items(f"Method {name!r}: per_task.{t}", o))
+                                      for t, o in per_task.items()),
+                       search=search_items)
         raise ConfigError(f"A method must be a name like 'last_layer:k=2' or a table; got {value!r}.")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "label": self.resolved_label, "options": dict(self.options)}
+        record = {"name": self.name, "label": self.resolved_label, "options": dict(self.options)}
+        if self.per_task:
+            record["per_task"] = {t: dict(o) for t, o in self.per_task}
+        if self.search:
+            record["search"] = {k: list(v) for k, v in self.search}
+        return record
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +204,8 @@ class RunConfig:
             files cannot have changed (slower; the test suite proves the scores are identical).
         avalanche_loggers: Avalanche loggers (``csv``, ``tensorboard``, ``text``) that record every method's
             steps, evaluated by Avalanche from the artifact files, under ``<run dir>/avalanche/<method>/``.
+        precision: training precision (see ``PRECISIONS``); recorded, resolved, in every ledger row.
+        threads: torch CPU threads (None: torch's default, the machine's cores); recorded in every ledger row.
     """
 
     tasks: tuple[str, ...] = DEFAULT_TASKS
@@ -148,6 +222,8 @@ class RunConfig:
     device: str = "auto"
     reevaluate: bool = False
     avalanche_loggers: tuple[str, ...] = ()
+    precision: str = "auto"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.tasks, str) or not self.tasks:
@@ -175,7 +251,15 @@ class RunConfig:
                               f"got {self.avalanche_loggers!r}.")
         for name in self.avalanche_loggers:
             check_choice("RunConfig", "avalanche_loggers", name, AVALANCHE_LOGGERS)
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+        for spec in self.methods:
+            for task, _ in spec.per_task:
+                if task not in self.tasks:
+                    raise ConfigError(f"Method {spec.resolved_label!r}: per_task names {task!r}, which is not in "
+                                      f"tasks {list(self.tasks)}.")
+        check_choice("RunConfig", "precision", self.precision, PRECISIONS)
+        check_int("RunConfig", "threads", self.threads, minimum=1, maximum=1024, allow_none=True)
+        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
+                                                    or self.device.startswith("cuda:")):
             raise ConfigError(f"RunConfig.device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}.")
 
     def budget_for(self, task: str) -> Budget:
@@ -194,6 +278,7 @@ class RunConfig:
             "task_budgets": {t: dict(o) for t, o in self.task_budgets},
             "seed": self.seed, "device": self.device, "reevaluate": self.reevaluate,
             "avalanche_loggers": list(self.avalanche_loggers),
+            "precision": self.precision, "threads": self.threads,
         }
 
     @classmethod

@@ -16,8 +16,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from methods.backbone import Backbone, load_backbone
-from methods.base import Method, Sharing, build_method
+import torch
+
+from methods.backbone import Backbone, load_backbone, resolve_precision
+from methods.base import Method, Sharing, build_method, get_method_class
 from methods.training import evaluate
 from stream.config import MethodSpec, RunConfig, config_differences
 from stream.errors import ArtifactError, RunDirectoryError
@@ -84,17 +86,17 @@ class RunSummary:
     order: tuple[str, ...]
 
 
-def _step_info(method: Method, spec: MethodSpec, config: RunConfig, backbone: Backbone, ledger: Ledger,
+def _step_info(sharing: Sharing, spec: MethodSpec, config: RunConfig, backbone: Backbone, ledger: Ledger,
                step: int, record, sidecar: dict) -> dict[str, Any]:
     """The per-step fields repeated on every ledger row of (method, step)."""
     label = spec.resolved_label
     earlier = [ledger.step_rows(label, s)[0] for s in range(1, step)]
     sizes = [r["artifact_bytes"] for r in earlier] + [record.total_bytes]
     new_params = [r["new_params"] for r in earlier] + [sidecar["new_params"]]
-    shared = backbone.nbytes if method.sharing is Sharing.SHARED_BACKBONE else 0
+    shared = backbone.nbytes if sharing is Sharing.SHARED_BACKBONE else 0
     lower_bits = sidecar.get("lower_bound_bits")
     return {
-        "method": label, "method_name": spec.name, "sharing": method.sharing.value, "seed": config.seed,
+        "method": label, "method_name": spec.name, "sharing": sharing.value, "seed": config.seed,
         "step": step, "task": record.key.task,
         "artifact_bytes": record.total_bytes, "tensor_bytes": record.tensor_bytes,
         "sidecar_bytes": record.sidecar_bytes, "artifact_sha256": record.sha256,
@@ -103,10 +105,49 @@ def _step_info(method: Method, spec: MethodSpec, config: RunConfig, backbone: Ba
         "lower_bound_bytes": None if lower_bits is None else lower_bits / 8,
         "new_params": sidecar["new_params"], "new_params_fraction": sidecar["new_params"] / backbone.num_parameters,
         "backbone_params": backbone.num_parameters, "backbone_bytes": backbone.nbytes, "shared_bytes": shared,
-        "cumulative_bytes": cumulative_bytes(method.sharing, backbone.nbytes, sizes),
-        "total_params_multiplier": params_multiplier(method.sharing, backbone.num_parameters, new_params),
+        "cumulative_bytes": cumulative_bytes(sharing, backbone.nbytes, sizes),
+        "total_params_multiplier": params_multiplier(sharing, backbone.num_parameters, new_params),
         "dev_score": sidecar["fit"]["best_dev_score"], "train_steps": sidecar["fit"]["steps"],
+        "numerics": sidecar.get("numerics"),
+        "chosen_options": (sidecar.get("selection") or {}).get("chosen"),
     }
+
+
+def method_for_artifact(name: str, sidecar: dict[str, Any], backbone: Backbone) -> Method:
+    """The method that rebuilds an artifact: ``name`` with the config its sidecar records (per-task options
+    and searched values included), so a file is always read with the settings it was written with."""
+    cls = get_method_class(name)
+    return cls(cls.config_class.from_options(sidecar["config"]), backbone)
+
+
+def _train_candidates(spec: MethodSpec, arrival, backbone: Backbone, previous, progress: bool
+                      ) -> tuple[Method, Any, dict[str, Any] | None]:
+    """Train every candidate option set of ``spec`` on ``arrival``; the best by dev score wins.
+
+    Returns the winning method, its TrainedTask, and the selection record (None without a search).
+    """
+    cls = get_method_class(spec.name)
+    candidates = spec.candidates(arrival.task.name)
+    best = None
+    tried = []
+    for options in candidates:
+        method = cls(cls.config_class.from_options(options), backbone)
+        clock = time.perf_counter()
+        trained = method.train(arrival, previous=previous, progress=progress)
+        score = trained.fit.best_dev_score
+        tried.append({"options": {k: options[k] for k, _ in spec.search}, "dev_score": score,
+                      "train_seconds": round(time.perf_counter() - clock, 3)})
+        if best is None or (score == score and not score <= best[2]):  # nan never wins over a number
+            best = (method, trained, score)
+        else:
+            del trained
+    if len(candidates) == 1:
+        return best[0], best[1], None
+    chosen = {k: best[0].config.to_dict()[k] for k, _ in spec.search}
+    selection = {"search": {k: list(v) for k, v in spec.search}, "candidates": tried, "chosen": chosen}
+    logger.info("%s %s: dev-selected %s from %d candidates", spec.resolved_label, arrival.task.name, chosen,
+                len(candidates))
+    return best[0], best[1], selection
 
 
 def _check_recorded_artifact(store: ArtifactStore, ledger: Ledger, label: str, step: int, task: str) -> None:
@@ -119,9 +160,9 @@ def _check_recorded_artifact(store: ArtifactStore, ledger: Ledger, label: str, s
                             "Restore it, or start a new run directory.")
 
 
-def _run_method(method: Method, spec: MethodSpec, config: RunConfig, order: tuple[str, ...], backbone: Backbone,
-                builder: ArrivalBuilder, store: ArtifactStore, ledger: Ledger, progress: bool,
-                on_step: Callable[[int], Any] | None = None) -> None:
+def _run_method(spec: MethodSpec, sharing: Sharing, config: RunConfig, order: tuple[str, ...],
+                backbone: Backbone, builder: ArrivalBuilder, store: ArtifactStore, ledger: Ledger,
+                numerics: dict[str, Any], progress: bool, on_step: Callable[[int], Any] | None = None) -> None:
     label = spec.resolved_label
     tasks = {name: builder.task(name) for name in order}
     for step, task_name in enumerate(order, 1):
@@ -141,10 +182,10 @@ def _run_method(method: Method, spec: MethodSpec, config: RunConfig, order: tupl
             seconds["train"] = seconds["store"] = 0.0
         else:
             previous = None
-            if method.sharing is Sharing.EVOLVING and step > 1:
+            if sharing is Sharing.EVOLVING and step > 1:
                 previous = store.read(ArtifactKey(label, step - 1, order[step - 2]))
             clock = time.perf_counter()
-            trained = method.train(arrival, previous=previous, progress=progress)
+            method, trained, selection = _train_candidates(spec, arrival, backbone, previous, progress)
             seconds["train"] = time.perf_counter() - clock
             clock = time.perf_counter()
             sidecar = {
@@ -152,12 +193,14 @@ def _run_method(method: Method, spec: MethodSpec, config: RunConfig, order: tupl
                 "backbone": backbone.identity_record(), "taskstream_version": package_versions()["taskstream"],
                 "meta": trained.payload.meta, "new_params": trained.payload.new_params,
                 "lower_bound_bits": trained.payload.lower_bound_bits, "fit": trained.fit.to_dict(),
+                "numerics": numerics, "selection": selection,
             }
             store.write(key, trained.payload.tensors, sidecar)
-            del trained
+            del trained, method
             seconds["store"] = time.perf_counter() - clock
         clock = time.perf_counter()
         artifact = store.read(key)
+        method = method_for_artifact(spec.name, artifact.sidecar, backbone)
         model = method.load(artifact, arrival.task)
         seconds["load"] = time.perf_counter() - clock
         clock = time.perf_counter()
@@ -165,10 +208,11 @@ def _run_method(method: Method, spec: MethodSpec, config: RunConfig, order: tupl
         results = {task_name: (*evaluate(model, arrival.tests, arrival.task, batch_size=batch), False)}
         del model
         for earlier_step, earlier in enumerate(order[:step - 1], 1):
-            if method.sharing is Sharing.EVOLVING or config.reevaluate:
-                source = artifact if method.sharing is Sharing.EVOLVING else store.read(
+            if sharing is Sharing.EVOLVING or config.reevaluate:
+                source = artifact if sharing is Sharing.EVOLVING else store.read(
                     ArtifactKey(label, earlier_step, earlier))
-                earlier_model = method.load(source, tasks[earlier])
+                loader = method_for_artifact(spec.name, source.sidecar, backbone)
+                earlier_model = loader.load(source, tasks[earlier])
                 results[earlier] = (*evaluate(earlier_model, builder.tests(earlier), tasks[earlier],
                                               batch_size=batch), False)
                 del earlier_model
@@ -179,19 +223,38 @@ def _run_method(method: Method, spec: MethodSpec, config: RunConfig, order: tupl
                 results[earlier] = (row["metrics"], row["score"], True)
         seconds["eval"] = time.perf_counter() - clock
         backbone.verify_unchanged()
-        info = _step_info(method, spec, config, backbone, ledger, step, artifact.record, artifact.sidecar)
+        floors = {name: builder.chance(name) for name in order[:step]}
+        info = _step_info(sharing, spec, config, backbone, ledger, step, artifact.record, artifact.sidecar)
         info["seconds"] = {**seconds, "wall": time.perf_counter() - started}
         rows = []
         for eval_step, eval_task in enumerate(order[:step], 1):
             metrics, score, reused = results[eval_task]
             rows.append({**info, "eval_task": eval_task, "eval_step": eval_step, "score": score,
-                         "metrics": metrics, "reused": reused, "rows_in_step": step})
+                         "metrics": metrics, "reused": reused, "rows_in_step": step, **floors[eval_task]})
         ledger.append_step(rows)
         if on_step is not None:
             on_step(step)
         logger.info("%s step %d/%d %s: score %.2f, %d bytes (cumulative %d), train %.1fs", label, step,
                     len(order), task_name, results[task_name][1], info["artifact_bytes"],
                     info["cumulative_bytes"], seconds["train"])
+
+
+def run_numerics(config: RunConfig, backbone: Backbone) -> dict[str, Any]:
+    """The settings that decide a run's training numerics on this machine: device, resolved precision, and
+    torch's CPU threads (set from ``config.threads`` when given). Recorded in every sidecar and ledger row."""
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    return {"device": str(backbone.device), "precision": resolve_precision(config.precision, backbone.device),
+            "threads": torch.get_num_threads()}
+
+
+def _warn_if_numerics_changed(ledger: Ledger, numerics: dict[str, Any]) -> None:
+    recorded = {json.dumps(r["numerics"], sort_keys=True) for r in ledger.rows if r.get("numerics")}
+    now = json.dumps(numerics, sort_keys=True)
+    if recorded - {now}:
+        logger.warning("Resuming with other numerics than earlier steps recorded (%s now, %s before): steps "
+                       "trained now may differ in their last bits from a run that never stopped.", now,
+                       ", ".join(sorted(recorded - {now})))
 
 
 def run_stream(config: RunConfig, run_dir: str | Path, *, progress: bool = True,
@@ -208,24 +271,26 @@ def run_stream(config: RunConfig, run_dir: str | Path, *, progress: bool = True,
     run_dir = Path(run_dir)
     tasks, source = resolve_tasks(config)
     prepare_run_dir(run_dir, config)
-    builder = ArrivalBuilder(source, tasks=tasks, budgets={t: config.budget_for(t) for t in tasks},
-                             seed=config.seed)
-    builder.preload()  # every split is read (and checked) before hours go into training
     if backbone is None:
         backbone = load_backbone(config.backbone, pooling=config.pooling, device=config.device)
+    numerics = run_numerics(config, backbone)
+    builder = ArrivalBuilder(source, tasks=tasks, budgets={t: config.budget_for(t) for t in tasks},
+                             seed=config.seed, precision=numerics["precision"])
+    builder.preload()  # every split is read (and checked) before hours go into training
     builder.use_tokenizer(backbone.tokenizer, backbone.identity)
     order = resolve_order(config.tasks, config.order_seed)
     store = ArtifactStore(run_dir / ARTIFACTS_DIR)
     ledger = Ledger(run_dir / LEDGER_FILE)
+    _warn_if_numerics_changed(ledger, numerics)
     for spec in config.methods:
-        method = build_method(spec.name, dict(spec.options), backbone)
+        method = build_method(spec.name, spec.task_options(None), backbone)
         log = None
         if config.avalanche_loggers:
             from stream.avalanche_log import run_log
 
             log = run_log(run_dir, spec.resolved_label, config.avalanche_loggers, method, builder, order, store,
                           ledger, backbone, eval_batch_size=config.budget.eval_batch_size)
-        _run_method(method, spec, config, order, backbone, builder, store, ledger, progress,
+        _run_method(spec, method.sharing, config, order, backbone, builder, store, ledger, numerics, progress,
                     on_step=None if log is None else log.record)
         if log is not None:
             log.close()

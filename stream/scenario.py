@@ -8,6 +8,7 @@ the run seed and the task only), so methods are compared on identical data.
 from __future__ import annotations
 
 import dataclasses
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,16 +20,23 @@ from stream.tasks import TaskSpec
 from stream.tokenization import TokenCache, TokenizedSplit
 from stream.validation import check_int, check_real
 
+# Budget fields where None means "no limit".
+_OPTIONAL_LIMITS = ("max_train_examples", "max_steps", "max_eval_examples", "eval_every_steps")
 # Held fixed so every seed, method and run evaluates the same capped test rows.
 _EVAL_SUBSET_SEED = 0
 
 
 @dataclass(frozen=True, kw_only=True)
 class Budget:
-    """How much a method may spend on one task.
+    """How much a method may spend on one task, and how its training batches are formed.
 
-    ``max_steps`` (when set) replaces ``epochs``; model selection on the dev split happens every
-    ``eval_every_steps`` optimizer steps, or once per epoch when that is unset.
+    ``max_steps`` (when set) replaces ``epochs`` (:meth:`total_steps` is the one formula). Model selection
+    scores the dev split ``dev_evaluations`` times per training stage, evenly spaced and always at the last
+    step (or every ``eval_every_steps`` steps when that is set), and keeps the best state: one or two dev
+    points per stage let a lucky early state or an unlucky last one decide. Test sets are whole GLUE
+    validation splits unless ``max_eval_examples`` caps them (a fixed random subset, the same for every
+    seed). ``group_by_length`` draws each batch from rows of similar length (shuffled in chunks, batch
+    order shuffled too), which cuts the padding of pair tasks (bench/results/train_speed.md).
     """
 
     max_train_examples: int | None = 1000
@@ -37,10 +45,12 @@ class Budget:
     batch_size: int = 32
     eval_batch_size: int = 64
     max_seq_length: int = 128
-    max_eval_examples: int | None = 1000
+    max_eval_examples: int | None = None
     dev_fraction: float = 0.1
     max_dev_examples: int = 300
+    dev_evaluations: int = 10
     eval_every_steps: int | None = None
+    group_by_length: bool = True
 
     def __post_init__(self) -> None:
         check_int("budget", "max_train_examples", self.max_train_examples, minimum=1, allow_none=True)
@@ -53,15 +63,35 @@ class Budget:
         check_real("budget", "dev_fraction", self.dev_fraction, minimum=0.0, maximum=0.5,
                    exclusive_minimum=True)
         check_int("budget", "max_dev_examples", self.max_dev_examples, minimum=1)
+        check_int("budget", "dev_evaluations", self.dev_evaluations, minimum=1)
         check_int("budget", "eval_every_steps", self.eval_every_steps, minimum=1, allow_none=True)
+        if not isinstance(self.group_by_length, bool):
+            raise ConfigError(f"budget.group_by_length must be true or false; got {self.group_by_length!r}.")
+
+    def total_steps(self, n_train: int) -> int:
+        """Optimizer steps for ``n_train`` training rows: ``max_steps``, else ``epochs`` full passes."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return self.epochs * max(1, math.ceil(n_train / self.batch_size))
+
+    def eval_interval(self, total_steps: int) -> int:
+        """Steps between dev evaluations in a stage of ``total_steps`` steps (the last step is always one)."""
+        if self.eval_every_steps is not None:
+            return self.eval_every_steps
+        return max(1, math.ceil(total_steps / self.dev_evaluations))
 
     def updated(self, overrides: Mapping[str, object]) -> Budget:
-        """A copy with ``overrides`` applied; unknown keys are refused with the valid ones listed."""
+        """A copy with ``overrides`` applied; unknown keys are refused with the valid ones listed.
+
+        Config files cannot write None, so the optional limits also accept ``"all"`` / ``"none"``
+        (``max_train_examples = "all"``: every training row)."""
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ConfigError(f"Unknown budget field(s) {', '.join(unknown)}. Valid: {', '.join(sorted(known))}.")
-        return dataclasses.replace(self, **overrides)
+        values = {key: None if key in _OPTIONAL_LIMITS and isinstance(value, str)
+                  and value.lower() in ("all", "none") else value for key, value in overrides.items()}
+        return dataclasses.replace(self, **values)
 
 
 def resolve_order(tasks: Sequence[str], order_seed: int | None) -> tuple[str, ...]:
@@ -104,7 +134,8 @@ def eval_rows(n_rows: int, budget: Budget) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Arrival:
-    """Everything one arriving task brings: its spec, budget and tokenised splits."""
+    """Everything one arriving task brings: its spec, budget and tokenised splits, and the precision its
+    training runs in (``fp32``, or ``bf16``/``fp16`` autocast; evaluation is always fp32)."""
 
     step: int
     task: TaskSpec
@@ -113,6 +144,7 @@ class Arrival:
     train: TokenizedSplit
     dev: TokenizedSplit
     tests: dict[str, TokenizedSplit]
+    precision: str = "fp32"
 
     @property
     def task_seed(self) -> int:
@@ -128,8 +160,9 @@ class ArrivalBuilder:
     """Loads, splits and tokenises tasks for a run; each split is read from its source once."""
 
     def __init__(self, source, *, tasks: Mapping[str, TaskSpec], budgets: Mapping[str, Budget], seed: int,
-                 cache: TokenCache | None = None) -> None:
+                 cache: TokenCache | None = None, precision: str = "fp32") -> None:
         self._source = source
+        self._precision = precision
         self._tokenizer = None
         self._tokenizer_key = ""
         self._tasks = dict(tasks)
@@ -173,6 +206,23 @@ class ArrivalBuilder:
             out[split] = self._tokenize(task, split, eval_rows(n_rows, budget), budget)
         return out
 
+    def chance(self, task_name: str) -> dict[str, float | int]:
+        """What a trained model must clear on this task's test rows: ``chance_score`` (always the majority
+        training label, or the mean for regression), ``noise_band`` (two standard errors of guessing) and
+        ``test_rows``."""
+        from analysis.metrics import chance_score, noise_band
+
+        task, budget = self._tasks[task_name], self._budgets[task_name]
+        n_train = len(self._split(task, task.train_split).labels)
+        train_rows, _ = carve_dev(n_train, budget, self._seed, task.name)
+        train_labels = np.asarray(self._split(task, task.train_split).labels)[train_rows]
+        tests = {split: np.asarray(self._split(task, split).labels)[eval_rows(len(self._split(task, split).labels),
+                                                                              budget)]
+                 for split in task.test_splits}
+        rows = sum(len(labels) for labels in tests.values())
+        return {"chance_score": chance_score(task, train_labels, tests), "noise_band": noise_band(task, rows),
+                "test_rows": rows}
+
     def arrival(self, step: int, task_name: str) -> Arrival:
         """The arrival of ``task_name`` at ``step`` (1-based)."""
         task, budget = self._tasks[task_name], self._budgets[task_name]
@@ -182,5 +232,5 @@ class ArrivalBuilder:
             step=step, task=task, budget=budget, seed=self._seed,
             train=self._tokenize(task, task.train_split, train_rows, budget),
             dev=self._tokenize(task, task.train_split, dev_rows, budget),
-            tests=self.tests(task_name),
+            tests=self.tests(task_name), precision=self._precision,
         )

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+# Batches per length-sorted chunk: large enough that most batches hold rows of near-equal length, small
+# enough that a chunk is a small slice of an epoch (the order stays random at the scale of the data).
+LENGTH_GROUP_BATCHES = 50
+
 
 @dataclass(frozen=True)
 class TokenizedSplit:
@@ -45,13 +49,32 @@ class TokenizedSplit:
             out["token_type_ids"] = self.token_type_ids[rows, :longest]
         return out
 
-    def batches(self, batch_size: int, *, generator: torch.Generator | None = None
-                ) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches in order, or shuffled with ``generator`` (one epoch)."""
+    def batches(self, batch_size: int, *, generator: torch.Generator | None = None,
+                group_by_length: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches in order, or shuffled with ``generator`` (one epoch).
+
+        ``group_by_length`` (shuffled batches only): the shuffled rows are cut into chunks of
+        ``LENGTH_GROUP_BATCHES`` batches, each chunk is sorted by length and cut into batches, and the
+        batch order is shuffled, so a batch pads to a length near its rows' own while every epoch still
+        sees the rows in a new random grouping.
+        """
         n = len(self)
-        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        for start in range(0, n, batch_size):
-            yield self.batch(order[start:start + batch_size])
+        if generator is None:
+            order = torch.arange(n)
+        else:
+            order = torch.randperm(n, generator=generator)
+        if generator is None or not group_by_length:
+            for start in range(0, n, batch_size):
+                yield self.batch(order[start:start + batch_size])
+            return
+        chunk = batch_size * LENGTH_GROUP_BATCHES
+        batches = []
+        for start in range(0, n, chunk):
+            rows = order[start:start + chunk]
+            rows = rows[torch.argsort(self.lengths[rows], stable=True)]
+            batches.extend(rows[i:i + batch_size] for i in range(0, len(rows), batch_size))
+        for index in torch.randperm(len(batches), generator=generator).tolist():
+            yield self.batch(batches[index])
 
     def select(self, rows: torch.Tensor) -> TokenizedSplit:
         """A new split holding only ``rows`` (kept in the given order)."""

@@ -17,8 +17,8 @@ import torch
 from methods.base import Method, build_method
 from methods.codecs import positions_lower_bound_bits, unpack_sparse_tensors
 from methods.diff_pruning import (DiffEncoder, DiffPruningConfig, DiffPruningNonadaptiveConfig,
-                                  DiffPruningUnstructuredConfig, GatedDiff, stage_steps, target_nonzeros,
-                                  top_k_positions)
+                                  DiffPruningUnstructuredConfig, GatedDiff, scheduled_density, stage_budget_steps,
+                                  stage_steps, target_nonzeros, top_k_positions)
 from methods.flat_params import FlatLayout, FunctionalEncoder, layer_of
 from methods.hard_concrete import HardConcrete
 from methods.task_model import TaskHead, TaskModel
@@ -129,6 +129,8 @@ def test_top_k_positions_is_exact_and_breaks_ties_by_index():
 
 
 def test_budget_split_between_stages():
+    assert stage_budget_steps(DiffPruningConfig(), 10) == (10, 10)  # the paper: each stage a full budget
+    assert stage_budget_steps(DiffPruningConfig(stage_budget="split"), 10) == (5, 5)
     assert stage_steps(10, 0.5) == (5, 5)
     assert stage_steps(10, 0.3) == (7, 3)
     assert stage_steps(10, 0.0) == (10, 0)
@@ -151,7 +153,7 @@ def test_artifact_has_exactly_the_target_nonzeros(trained_structured):
     assert trained.payload.new_params == k + head
     assert meta["l0_stage"]["best_step"] > 0 and 0 < meta["l0_stage"]["density"] <= 1
     assert 0 < meta["l0_stage"]["expected_density"] <= 1
-    assert trained.fit.steps == sum(stage_steps(8, 0.5))
+    assert trained.fit.steps == 2 * 8  # stage 1 and stage 3 each get the budget's 8 steps
 
 
 def test_rebuilt_model_is_backbone_plus_diff_bit_exact(trained_structured):
@@ -246,7 +248,7 @@ def _record_fits(method: Method) -> list[dict]:
     real_fit = method.fit
 
     def recording_fit(model, groups, arrival, **kwargs):
-        calls.append({"groups": groups, "extra_loss": kwargs.get("extra_loss"), "max_steps": kwargs["max_steps"]})
+        calls.append({"groups": groups, "extra_loss": kwargs.get("extra_loss"), "steps": kwargs.get("steps")})
         return real_fit(model, groups, arrival, **kwargs)
 
     method.fit = recording_fit
@@ -261,25 +263,91 @@ def test_stages_train_what_the_variant_says(name, options, log_alphas, tiny_back
     calls = _record_fits(method)
     trained = method.train(_arrival(tiny_backbone, glue_dir))
     n, k = tiny_backbone.num_parameters, method.nonzeros
-    first, third = calls
+    third = calls[-1]
+    assert [p.numel() for p in third["groups"][0]["params"]] == [k] and third["extra_loss"] is None
+    assert [g["role"] for g in third["groups"]] == ["diff", "head", "head"]
+    assert third["steps"] == 8
+    assert trained.payload.meta["variant"] == method.config.variant
+    assert ("expected_density" in trained.payload.meta["l0_stage"]) == (log_alphas > 0)
+    if log_alphas == 0:  # the non-adaptive stage 1 is full finetuning's own fit: one call, no gates
+        assert len(calls) == 1
+        return
+    first = calls[0]
     flat = [p for g in first["groups"] for p in g["params"] if p.numel() == n]
-    assert len(flat) == 1 + (log_alphas > 0)  # w, and log-alpha for the adaptive variants
+    assert len(flat) == 2  # w and log-alpha
     groups_of_tensors = [p for g in first["groups"] for p in g["params"] if p.numel() == len(FlatLayout(
         tiny_backbone.encoder))]
     assert len(groups_of_tensors) == (log_alphas == 2)
-    assert (first["extra_loss"] is None) == (log_alphas == 0)
-    assert [p.numel() for p in third["groups"][0]["params"]] == [k] and third["extra_loss"] is None
-    assert (first["max_steps"], third["max_steps"]) == stage_steps(8, 0.5)
-    assert trained.payload.meta["variant"] == method.config.variant
-    assert ("expected_density" in trained.payload.meta["l0_stage"]) == (log_alphas > 0)
+    assert first["extra_loss"] is not None and first["steps"] == 8
+    # Clipped per role, the gates on a constant learning rate (the official code's protocol).
+    assert [g["role"] for g in first["groups"]] == ["diff", "gate", "head", "head"]
+    assert first["groups"][1]["schedule"] == "constant"
 
 
 def test_finetune_fraction_zero_stores_the_projection(tiny_backbone, glue_dir):
-    method = build_method("diff_pruning", {**OPTIONS, "finetune_fraction": 0.0}, tiny_backbone)
+    method = build_method("diff_pruning", {**OPTIONS, "stage_budget": "split", "finetune_fraction": 0.0},
+                          tiny_backbone)
     calls = _record_fits(method)
     trained = method.train(_arrival(tiny_backbone, glue_dir))
-    assert len(calls) == 1 and calls[0]["max_steps"] == 8
+    assert len(calls) == 1 and calls[0]["steps"] == 8
     assert trained.payload.meta["finetune_stage"] is None
+
+
+def test_nonadaptive_prunes_a_finished_full_finetuning(tiny_backbone, glue_dir):
+    """Stage 1 of the baseline is exactly what the ``full`` method trains at the same settings."""
+    arrival = _arrival(tiny_backbone, glue_dir)
+    full = build_method("full", {"learning_rate": 1e-3}, tiny_backbone).train(arrival)
+    method = build_method("diff_pruning_nonadaptive", {**OPTIONS, "learning_rate": 1e-3}, tiny_backbone)
+    effective, head, fit, _ = method._dense_stage(arrival, progress=False)
+    backbone = dict(tiny_backbone.encoder.named_parameters())
+    expected = torch.cat([(p.detach() - backbone[name].detach()).reshape(-1)
+                          for name, p in full.model.encoder.named_parameters()])
+    assert torch.equal(effective, expected)
+    assert torch.equal(head.out.weight, full.model.head.out.weight)
+    assert fit.steps == full.fit.steps == 8
+
+
+def test_fewer_nonzeros_than_the_target_are_stored_as_they_are(tiny_backbone, glue_dir, tmp_path):
+    method = build_method("diff_pruning", OPTIONS, tiny_backbone)
+    effective = torch.zeros(method.layout.numel)
+    effective[[3, 40, 500]] = torch.tensor([0.5, -0.25, 1.0])
+    summary: dict = {}
+    positions, values = method._project(effective, summary, "test")
+    assert positions.tolist() == [3, 40, 500] and values.tolist() == [0.5, -0.25, 1.0]
+    assert summary["density"] == 3 / method.layout.numel and summary["projection"]["kept"] == 3
+    # Gates that start closed leave no diff at all: the file holds the head and no padding entries.
+    closed = build_method("diff_pruning", {**OPTIONS, "alpha_init": -10.0, "l0_control": "fixed"}, tiny_backbone)
+    arrival = _arrival(tiny_backbone, glue_dir)
+    trained = closed.train(arrival)
+    loaded, _ = _write_and_read(trained, tmp_path)
+    assert trained.payload.meta["nonzeros"] == 0 and loaded.tensors["diff.values"].numel() == 0
+    rebuilt = closed.load(loaded, arrival.task)
+    assert all(torch.equal(p, tiny_backbone.encoder.get_parameter(n)) for n, p in rebuilt.encoder.named_parameters())
+
+
+def test_density_schedule_is_cubic_from_start_to_target():
+    values = [scheduled_density(step, 10, 0.99, 0.01) for step in range(13)]
+    assert values[0] == 0.99 and values[10] == values[12] == 0.01
+    assert all(a > b for a, b in zip(values[:10], values[1:11]))
+    assert values[5] == pytest.approx(0.01 + 0.98 * 0.5 ** 3)
+
+
+@pytest.mark.parametrize("name", ["diff_pruning", "diff_pruning_unstructured"])
+def test_the_l0_stage_prunes_to_the_target_by_itself(name, tiny_backbone, glue_dir):
+    """The controller holds the expected density to its schedule: stage 1 ends within 2x of the target
+    with the projection left to trim; the paper's fixed penalty closes almost nothing in the same steps."""
+    budget = dataclasses.replace(BUDGET, epochs=12)  # 48 steps
+    arrival = dataclasses.replace(_arrival(tiny_backbone, glue_dir), budget=budget)
+    options = {**OPTIONS, "alpha_learning_rate": 0.5, "l0_gain": 0.5}
+    controlled = build_method(name, options, tiny_backbone).train(arrival).payload.meta["l0_stage"]
+    target = OPTIONS["target_density"]
+    assert controlled["expected_density"] <= 2 * target and controlled["density"] <= 2 * target
+    assert controlled["density"] >= target / 4
+    assert [len(point) for point in controlled["expected_density_trace"]] == [4] * len(
+        controlled["expected_density_trace"])
+    assert controlled["best_step"] >= round(0.7 * 48)  # selected only among states at the target density
+    fixed = build_method(name, {**options, "l0_control": "fixed"}, tiny_backbone).train(arrival)
+    assert fixed.payload.meta["l0_stage"]["density"] > 10 * target
 
 
 def test_structured_penalty_forms(tiny_backbone):
@@ -336,6 +404,12 @@ def test_functional_encoder_leaves_the_shared_encoder_mode_alone(tiny_backbone):
     (DiffPruningConfig, {"target_density": 0.0}, "target_density must be > 0"),
     (DiffPruningConfig, {"target_density": 1.5}, "target_density must be <= 1"),
     (DiffPruningConfig, {"finetune_fraction": 1.0}, "finetune_fraction must be < 1"),
+    (DiffPruningConfig, {"finetune_fraction": 0.3}, "applies only to stage_budget='split'"),
+    (DiffPruningConfig, {"stage_budget": "half"}, "stage_budget must be one of"),
+    (DiffPruningConfig, {"l0_control": "lagrange"}, "l0_control must be one of"),
+    (DiffPruningConfig, {"alpha_schedule": "cosine"}, "alpha_schedule must be one of"),
+    (DiffPruningConfig, {"l0_penalty": 0.0}, "l0_control=fixed"),
+    (DiffPruningConfig, {"l0_schedule_fraction": 0.0}, "l0_schedule_fraction must be > 0"),
     (DiffPruningConfig, {"alpha_eps": 0.0}, "alpha_eps must be > 0"),
     (DiffPruningConfig, {"l0_penalty": -1.0}, "l0_penalty must be >= 0"),
     (DiffPruningConfig, {"gate_lower": 0.0}, "gate_lower must be < 0"),
@@ -355,4 +429,4 @@ def test_registered_names_and_defaults():
     assert DiffPruningConfig().variant == "structured"
     assert DiffPruningUnstructuredConfig().variant == "unstructured"
     nonadaptive = DiffPruningNonadaptiveConfig()
-    assert nonadaptive.variant == "nonadaptive" and nonadaptive.learning_rate == 5e-5
+    assert nonadaptive.variant == "nonadaptive" and nonadaptive.learning_rate == 1e-4  # full finetuning's

@@ -134,3 +134,35 @@ def test_a_frozen_backbone_method_scores_a_task_the_same_at_any_position(tiny_mo
         assert score_a == score_b
         assert tensors_a.keys() == tensors_b.keys()
         assert all(torch.equal(tensors_a[k], tensors_b[k]) for k in tensors_a)
+
+
+def test_a_searched_option_is_chosen_per_task_on_dev_and_recorded(tiny_model_dir, glue_dir, tmp_path):
+    spec = MethodSpec.from_value({"name": "linear_probe", "search": {"learning_rate": [1e-4, 3e-2]},
+                                  "per_task": {"rte": {"learning_rate": 1e-3}}})
+    run_stream(_config(tiny_model_dir, glue_dir, tasks=("sst2", "rte"), methods=(spec,)), tmp_path, progress=False)
+    rows = {r["task"]: r for r in _comparable(tmp_path) if r["eval_task"] == r["task"]}
+    sidecar = json.loads((tmp_path / rows["sst2"]["artifact_path"]).with_suffix(".json").read_text())
+    selection = sidecar["selection"]
+    assert selection["search"] == {"learning_rate": [1e-4, 3e-2]}
+    scores = {c["options"]["learning_rate"]: c["dev_score"] for c in selection["candidates"]}
+    assert selection["chosen"] == {"learning_rate": max(scores, key=scores.get)}
+    assert sidecar["config"]["learning_rate"] == selection["chosen"]["learning_rate"]
+    assert rows["sst2"]["chosen_options"] == selection["chosen"] and rows["sst2"]["dev_score"] == max(scores.values())
+    rte = json.loads((tmp_path / rows["rte"]["artifact_path"]).with_suffix(".json").read_text())
+    assert rte["selection"] is None and rte["config"]["learning_rate"] == 1e-3  # fixed for this task
+
+
+def test_numerics_are_recorded_and_a_resume_with_other_threads_warns(tiny_model_dir, glue_dir, tmp_path, caplog):
+    config = _config(tiny_model_dir, glue_dir, tasks=("sst2",), methods=(MethodSpec(name="linear_probe"),),
+                     threads=1, precision="fp32")
+    run_stream(config, tmp_path, progress=False)
+    row = _comparable(tmp_path)[0]
+    assert row["numerics"] == {"device": "cpu", "precision": "fp32", "threads": 1}
+    sidecar = json.loads((tmp_path / row["artifact_path"]).with_suffix(".json").read_text())
+    assert sidecar["numerics"] == row["numerics"]
+    longer = dataclasses.replace(config, tasks=("sst2", "rte"), threads=2)
+    (tmp_path / "config.json").write_text(json.dumps({**json.loads((tmp_path / "config.json").read_text()),
+                                                      "tasks": ["sst2", "rte"]}))
+    with caplog.at_level("WARNING"):
+        run_stream(longer, tmp_path, progress=False)
+    assert "other numerics" in caplog.text

@@ -29,7 +29,7 @@ import pandas as pd
 
 LEDGER_FILE = "ledger.jsonl"
 CONFIG_FILE = "config.json"
-STUDY_FILE = "study.json"  # the study record written by stream.study (read here as plain JSON)
+STUDY_FILE = "study.json"  # the study record written by stream.engine.study (read here as plain JSON)
 DEFAULT_BUDGET = "default"
 # Columns describing a run (or a method within it) that load_ledger adds to every ledger row.
 RUN_COLUMNS = ["run_id", "study", "order", "order_id", "budget", "setting"]

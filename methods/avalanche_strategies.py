@@ -38,19 +38,19 @@ from avalanche.training.utils import ParamData
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from methods.base import ArtifactPayload, TrainedTask
+from methods.core.base import ArtifactPayload, TrainedTask
 from methods.continual import (ENCODER_PREFIX, HEADS_PREFIX, heads_meta, load_encoder, load_task_head,
                                tuned_encoder_names)
-from methods.training import FitResult, decay_groups, evaluate, linear_schedule
-from stream.avalanche_bridge import (MultiHeadEncoder, MultiTaskCriterion, TokenCollator, collator_for,
+from methods.core.training import FitResult, decay_groups, evaluate, linear_schedule
+from stream.engine.avalanche_bridge import (MultiHeadEncoder, MultiTaskCriterion, TokenCollator, collator_for,
                                      single_experience, task_dataset)
-from stream.errors import ArtifactError
-from stream.tokenization import TokenizedSplit
+from stream.core.errors import ArtifactError
+from stream.core.tokenization import TokenizedSplit
 
 if TYPE_CHECKING:
     from methods.continual import ContinualMethod
-    from stream.scenario import Arrival
-    from stream.store import LoadedArtifact
+    from stream.core.scenario import Arrival
+    from stream.core.store import LoadedArtifact
 
 
 class FitControl(SupervisedPlugin):
@@ -59,7 +59,7 @@ class FitControl(SupervisedPlugin):
     Linear warm-up and decay of the learning rate per optimizer step, gradient clipping, and a stop after
     the budget's steps. The arriving task's dev score is measured at the end (the fit record's score), and,
     with ``select=True``, also every ``interval`` steps, the trained state with the best score being
-    restored when the experience ends (as :func:`methods.training.fit` selects: among trained states only).
+    restored when the experience ends (as :func:`methods.core.training.fit` selects: among trained states only).
     It must be the strategy's first plugin: its ``after_training_exp`` restores the selected state before
     EWC computes importances from it or Replay samples its buffer.
     """

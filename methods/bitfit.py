@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
-from methods.patches import AssignValues, ServingPatch
-from methods.task_model import TaskModel, head_state, load_head
-from methods.training import decay_groups
-from stream.errors import ArtifactError
+from methods.core.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
+from methods.core.patches import AssignValues, ServingPatch
+from methods.core.task_model import TaskModel, head_state, load_head
+from methods.core.training import decay_groups
+from stream.core.errors import ArtifactError
 
 BIAS_KEY = "bias.values"
 

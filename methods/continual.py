@@ -40,11 +40,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from methods.backbone import Backbone, transformer_blocks
-from methods.base import Method, MethodConfig, Sharing, TrainedTask, register_method
-from methods.task_model import TaskHead, TaskModel
-from stream.errors import ArtifactError, ConfigError
-from stream.validation import check_choice, check_int, check_real
+from methods.core.backbone import Backbone, transformer_blocks
+from methods.core.base import Method, MethodConfig, Sharing, TrainedTask, register_method
+from methods.core.task_model import TaskHead, TaskModel
+from stream.core.errors import ArtifactError, ConfigError
+from stream.core.validation import check_choice, check_int, check_real
 
 ENCODER_PREFIX = "encoder."
 HEADS_PREFIX = "heads."

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
-from methods.task_model import TaskModel, head_state, load_head
-from methods.training import decay_groups
+from methods.core.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
+from methods.core.task_model import TaskModel, head_state, load_head
+from methods.core.training import decay_groups
 
 ENCODER_PREFIX = "encoder."
 

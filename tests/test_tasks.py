@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from stream import tasks
-from stream.errors import ConfigError
-from stream.sources import CustomFileSource
-from stream.tasks import CustomTaskSpec, TaskSpec, get_task, register_task
+from stream.core import tasks
+from stream.core.errors import ConfigError
+from stream.core.sources import CustomFileSource
+from stream.core.tasks import CustomTaskSpec, TaskSpec, get_task, register_task
 
 GLUE_README = Path(__file__).resolve().parents[2] / "shared" / "glue" / "README.md"
 

@@ -20,10 +20,10 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from analysis.metrics import compute_metrics, task_score
-from methods.base import MethodConfig
-from stream.tasks import TaskSpec
-from stream.tokenization import TokenizedSplit
+from stream.core.metrics import compute_metrics, task_score
+from methods.core.base import MethodConfig
+from stream.core.tasks import TaskSpec
+from stream.core.tokenization import TokenizedSplit
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ the way the GLUE leaderboard forms it:
 2. the mean of that over the evaluated test splits (MNLI: mean of matched and mismatched when both were
    evaluated; only matched when the mismatched split is not available).
 
-The arithmetic lives in :func:`analysis.metrics.task_score`; this module defines which metrics a task has.
-Metric values are percentages (x100), see :mod:`analysis.metrics`.
+The arithmetic lives in :func:`stream.core.metrics.task_score`; this module defines which metrics a task has.
+Metric values are percentages (x100), see :mod:`stream.core.metrics`.
 
 Custom tasks from the user's own files are described by :class:`CustomTaskSpec`, which turns into a
 :class:`TaskSpec` plus a data source that serves its files.
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stream.errors import ConfigError
-from stream.sources import SUPPORTED_EXTENSIONS, CustomFileSource, file_format
-from stream.validation import check_choice, unknown_name_error
+from stream.core.errors import ConfigError
+from stream.core.sources import SUPPORTED_EXTENSIONS, CustomFileSource, file_format
+from stream.core.validation import check_choice, unknown_name_error
 
 #: Metrics for classification tasks. ``f1`` is binary F1 of label id 1, as GLUE reports it for MRPC and QQP.
 CLASSIFICATION_METRICS = ("accuracy", "f1", "matthews_correlation")

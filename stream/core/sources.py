@@ -7,7 +7,7 @@ Every source implements one method, ``load_split(task, split) -> SplitData``:
 - :class:`LocalDirSource` reads the Hub's file layout on disk, ``<root>/<config>/<split>.<ext>`` (also the
   sharded ``<split>-00000-of-00001.<ext>`` names of a cloned Hub repository), as in ``../shared/glue``.
 - :class:`GlueTsvSource` reads the classic ``glue_data/`` folder of the original GLUE download script.
-- :class:`CustomFileSource` serves the files of a :class:`~stream.tasks.CustomTaskSpec`.
+- :class:`CustomFileSource` serves the files of a :class:`~stream.core.tasks.CustomTaskSpec`.
 
 :func:`resolve_source` picks one from ``--data-dir`` / ``TASKSTREAM_DATA_DIR`` / the Hub.
 
@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from stream.errors import DataError
+from stream.core.errors import DataError
 
-if TYPE_CHECKING:  # stream.tasks imports this module; annotations only, to avoid an import cycle.
-    from stream.tasks import TaskSpec
+if TYPE_CHECKING:  # stream.core.tasks imports this module; annotations only, to avoid an import cycle.
+    from stream.core.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -515,7 +515,7 @@ def _looks_like_hub_layout(root: Path) -> bool:
 
 
 class CustomFileSource:
-    """Serves a custom task's own files: split -> path (see :class:`~stream.tasks.CustomTaskSpec` for formats)."""
+    """Serves a custom task's own files: split -> path (see :class:`~stream.core.tasks.CustomTaskSpec` for formats)."""
 
     def __init__(self, task_name: str, files: Mapping[str, str | Path]) -> None:
         self.task_name = task_name

@@ -16,16 +16,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from methods.backbone import Backbone, load_backbone
-from methods.base import Method, Sharing, build_method
-from methods.training import evaluate
-from stream.config import MethodSpec, RunConfig, config_differences
-from stream.errors import ArtifactError, RunDirectoryError
-from stream.ledger import Ledger, cumulative_bytes, params_multiplier
-from stream.scenario import ArrivalBuilder, resolve_order
-from stream.sources import RoutedSource, resolve_source
-from stream.store import ArtifactKey, ArtifactStore
-from stream.tasks import TaskSpec, get_task
+from methods.core.backbone import Backbone, load_backbone
+from methods.core.base import Method, Sharing, build_method
+from methods.core.training import evaluate
+from stream.engine.config import MethodSpec, RunConfig, config_differences
+from stream.core.errors import ArtifactError, RunDirectoryError
+from stream.core.ledger import Ledger, cumulative_bytes, params_multiplier
+from stream.core.scenario import ArrivalBuilder, resolve_order
+from stream.core.sources import RoutedSource, resolve_source
+from stream.core.store import ArtifactKey, ArtifactStore
+from stream.core.tasks import TaskSpec, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def run_stream(config: RunConfig, run_dir: str | Path, *, progress: bool = True,
         method = build_method(spec.name, dict(spec.options), backbone)
         log = None
         if config.avalanche_loggers:
-            from stream.avalanche_log import run_log
+            from stream.engine.avalanche_log import run_log
 
             log = run_log(run_dir, spec.resolved_label, config.avalanche_loggers, method, builder, order, store,
                           ledger, backbone, eval_batch_size=config.budget.eval_batch_size)

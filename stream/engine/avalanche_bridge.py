@@ -1,6 +1,6 @@
 """The bridge to Avalanche: any taskstream scenario as an Avalanche benchmark.
 
-:func:`to_avalanche` turns the stream a :class:`~stream.config.RunConfig` describes (its tasks, arrival order,
+:func:`to_avalanche` turns the stream a :class:`~stream.engine.config.RunConfig` describes (its tasks, arrival order,
 budgets and seed) into an Avalanche benchmark with one experience per arriving task:
 
 - ``train_stream``: the training rows of each task (the same rows every taskstream method trains on);
@@ -32,8 +32,8 @@ Example (stock Avalanche Naive on a three-task GLUE stream)::
     from avalanche.training import Naive
     from avalanche.training.plugins import EvaluationPlugin
     from avalanche.evaluation.metrics import accuracy_metrics
-    from stream.avalanche_bridge import MultiTaskCriterion, glue_score_metrics, to_avalanche
-    from stream.config import RunConfig
+    from stream.engine.avalanche_bridge import MultiTaskCriterion, glue_score_metrics, to_avalanche
+    from stream.engine.config import RunConfig
 
     bench = to_avalanche(RunConfig(tasks=("sst2", "rte", "stsb"), data_dir="../shared/glue"))
     model = bench.multi_head_model()
@@ -68,15 +68,15 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from analysis.metrics import compute_metrics, task_score
-from methods.task_model import TaskHead, TaskModel, pool
-from stream.tasks import TaskSpec
-from stream.tokenization import TokenizedSplit
+from stream.core.metrics import compute_metrics, task_score
+from methods.core.task_model import TaskHead, TaskModel, pool
+from stream.core.tasks import TaskSpec
+from stream.core.tokenization import TokenizedSplit
 
 if TYPE_CHECKING:
-    from methods.backbone import Backbone
-    from stream.config import RunConfig
-    from stream.scenario import ArrivalBuilder
+    from methods.core.backbone import Backbone
+    from stream.engine.config import RunConfig
+    from stream.core.scenario import ArrivalBuilder
 
 
 _FEATURES = ("input_ids", "attention_mask", "token_type_ids")
@@ -94,7 +94,7 @@ class TokenCollator:
     """Collate ``[features, label, task_label]`` samples into ``[TokenBatch, labels, task_labels]``.
 
     Rows are right-padded to the minibatch's longest row with the tokenizer's pad ids, which is exactly how
-    :meth:`~stream.tokenization.TokenizedSplit.batch` pads, so both give the model identical inputs.
+    :meth:`~stream.core.tokenization.TokenizedSplit.batch` pads, so both give the model identical inputs.
     Labels are int64 class ids, or float32 when any row is a regression target.
     """
 
@@ -199,7 +199,7 @@ def route_rows(task_labels: torch.Tensor, heads: Iterable[int], regression: Iter
 
 
 class MultiHeadEncoder(MultiTaskModule):
-    """One shared encoder and one :class:`~methods.task_model.TaskHead` per task label.
+    """One shared encoder and one :class:`~methods.core.task_model.TaskHead` per task label.
 
     ``forward(x, task_labels)`` runs the encoder once on the whole minibatch, then each row's head;
     ``task_labels=None`` gives every trained head's logits as a dict (what Avalanche's LwF distils).
@@ -207,7 +207,7 @@ class MultiHeadEncoder(MultiTaskModule):
     Args:
         encoder: a transformers encoder (the model's shared, possibly trainable, part).
         heads: task label -> head.
-        pooling: how heads read the encoder (``mean``, ``cls``, ``pooler``; see :mod:`methods.task_model`).
+        pooling: how heads read the encoder (``mean``, ``cls``, ``pooler``; see :mod:`methods.core.task_model`).
         regression: the task labels whose head is a one-output regression head.
         trained_tasks: task labels already trained (Avalanche's ``known_train_tasks_labels``).
     """
@@ -427,9 +427,9 @@ def to_avalanche(config: RunConfig, backbone: Backbone | None = None) -> Avalanc
         config: the run config; only its scenario fields (tasks, order, data, budgets, seed) are used.
         backbone: an already loaded backbone (its tokenizer tokenises the rows); default ``config.backbone``.
     """
-    from methods.backbone import load_backbone
-    from stream.runner import resolve_tasks
-    from stream.scenario import ArrivalBuilder, resolve_order
+    from methods.core.backbone import load_backbone
+    from stream.engine.runner import resolve_tasks
+    from stream.core.scenario import ArrivalBuilder, resolve_order
 
     tasks, source = resolve_tasks(config)
     builder = ArrivalBuilder(source, tasks=tasks, budgets={t: config.budget_for(t) for t in tasks},

@@ -1,7 +1,7 @@
 """Where a study's runs execute: a pool of local worker processes, or Ray tasks.
 
-Both take a list of :class:`~stream.sweep.RunJob` and call ``on_finish`` with one
-:class:`~stream.sweep.RunOutcome` per job (never raising for a failed run) and ``on_tick`` about every
+Both take a list of :class:`~stream.engine.sweep.RunJob` and call ``on_finish`` with one
+:class:`~stream.engine.sweep.RunOutcome` per job (never raising for a failed run) and ``on_tick`` about every
 ``poll_seconds`` so progress can be shown.
 
 Local: worker processes start once and run job after job, so the heavy imports (torch, transformers) and
@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from stream.errors import ConfigError, TaskstreamError
-from stream.sweep import RunJob, RunOutcome, configure_worker_threads, execute_run
+from stream.core.errors import ConfigError, TaskstreamError
+from stream.engine.sweep import RunJob, RunOutcome, configure_worker_threads, execute_run
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ OnTick = Callable[[], None]
 _FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "TASKSTREAM_DATA_DIR")
 # Imported once by the forkserver, so every worker forked from it starts with them loaded (they take
 # seconds each; a missing one is skipped by multiprocessing).
-_PRELOAD = ["stream.sweep", "transformers.modeling_utils", "transformers.models.auto.modeling_auto",
+_PRELOAD = ["stream.engine.sweep", "transformers.modeling_utils", "transformers.models.auto.modeling_auto",
             "transformers.models.auto.tokenization_auto"]
 
 
@@ -96,7 +96,7 @@ def _forkserver_imports_this_package() -> bool:
     site-packages (Python 3.11 ignores the parent's sys.path changes there), so an uninstalled checkout
     run from elsewhere, or another checkout in the current directory, would load the wrong code.
     """
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # stream/engine/backends.py -> the source tree
     cwd = Path.cwd().resolve()
     if cwd != root and (cwd / "stream").is_dir():
         return False
@@ -218,7 +218,7 @@ def _import_ray():
 
 def _ray_worker_env(threads: int) -> dict[str, str]:
     """Thread limits, offline switches, and the path of this source tree (for uninstalled checkouts)."""
-    source_root = str(Path(__file__).resolve().parents[1])
+    source_root = str(Path(__file__).resolve().parents[2])
     paths = [source_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = {"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream.errors import ConfigError, DataError
-from stream.tasks import TaskSpec
-from stream.tokenization import TokenCache, TokenizedSplit
-from stream.validation import check_int, check_real
+from stream.core.errors import ConfigError, DataError
+from stream.core.tasks import TaskSpec
+from stream.core.tokenization import TokenCache, TokenizedSplit
+from stream.core.validation import check_int, check_real
 
 # Held fixed so every seed, method and run evaluates the same capped test rows.
 _EVAL_SUBSET_SEED = 0

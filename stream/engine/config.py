@@ -16,17 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from methods.backbone import DEFAULT_BACKBONE, POOLINGS
-from methods.base import get_method_class
-from stream.errors import ConfigError
-from stream.scenario import Budget
-from stream.tasks import CustomTaskSpec, get_task
-from stream.validation import check_choice, check_int
+from methods.core.backbone import DEFAULT_BACKBONE, POOLINGS
+from methods.core.base import get_method_class
+from stream.core.errors import ConfigError
+from stream.core.scenario import Budget
+from stream.core.tasks import CustomTaskSpec, get_task
+from stream.core.validation import check_choice, check_int
 
 DEFAULT_TASKS = ("cola", "sst2", "mrpc", "stsb", "rte")
 DEFAULT_METHODS = ("full", "last_layer")
 DEFAULT_HUB_REPO = "nyu-mll/glue"
-#: Avalanche loggers a run can write (see stream.avalanche_log).
+#: Avalanche loggers a run can write (see stream.engine.avalanche_log).
 AVALANCHE_LOGGERS = ("csv", "tensorboard", "text")
 # Fields that may change between a run and its resumption without changing what the run computes.
 RESUMABLE_FIELDS = frozenset({"device", "avalanche_loggers"})

@@ -37,17 +37,17 @@ from avalanche.models import MultiTaskModule
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
-from methods.base import Method, Sharing
-from stream.avalanche_bridge import (AvalancheStream, MultiTaskCriterion, glue_score_metrics, route_rows,
+from methods.core.base import Method, Sharing
+from stream.engine.avalanche_bridge import (AvalancheStream, MultiTaskCriterion, glue_score_metrics, route_rows,
                                      stream_from_builder, tag_rows)
-from stream.config import AVALANCHE_LOGGERS
-from stream.store import ArtifactKey, ArtifactStore
+from stream.engine.config import AVALANCHE_LOGGERS
+from stream.core.store import ArtifactKey, ArtifactStore
 
 if TYPE_CHECKING:
-    from methods.backbone import Backbone
-    from methods.task_model import TaskModel
-    from stream.ledger import Ledger
-    from stream.scenario import ArrivalBuilder
+    from methods.core.backbone import Backbone
+    from methods.core.task_model import TaskModel
+    from stream.core.ledger import Ledger
+    from stream.core.scenario import ArrivalBuilder
 
 logger = logging.getLogger(__name__)
 
@@ -256,12 +256,12 @@ def evaluate_run(run_dir: str | Path, label: str, *, metrics: Sequence[PluginMet
         loggers: Avalanche loggers to write to.
         backbone: an already loaded backbone (tests pass tiny models); default the run config's.
     """
-    from methods.backbone import load_backbone
-    from methods.base import build_method
-    from stream.config import RunConfig
-    from stream.ledger import Ledger
-    from stream.runner import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE, resolve_tasks
-    from stream.scenario import ArrivalBuilder, resolve_order
+    from methods.core.backbone import load_backbone
+    from methods.core.base import build_method
+    from stream.engine.config import RunConfig
+    from stream.core.ledger import Ledger
+    from stream.engine.runner import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE, resolve_tasks
+    from stream.core.scenario import ArrivalBuilder, resolve_order
 
     run_dir = Path(run_dir)
     config = RunConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))

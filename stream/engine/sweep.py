@@ -1,7 +1,7 @@
 """Running a study: skip what is complete, fan the other runs out over a backend, record every outcome.
 
 :func:`run_study` is what ``taskstream sweep`` calls. Each run is executed by :func:`execute_run` in a
-worker (a local process or a Ray task): the ordinary :func:`stream.runner.run_stream`, which itself
+worker (a local process or a Ray task): the ordinary :func:`stream.engine.runner.run_stream`, which itself
 resumes a run directory after its last completed step. So a re-launch skips finished runs and continues
 interrupted ones where they stopped; a failed run is recorded with its error and traceback in
 ``status/<run>.json`` and never stops the others; failed runs are tried again on the next launch.
@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stream.config import RunConfig, config_differences
-from stream.errors import ConfigError, RunDirectoryError
-from stream.runner import CONFIG_FILE, package_versions, run_stream
-from stream.study import (StudyDirectory, StudyRun, StudySpec, atomic_write_json, completed_steps,
+from stream.engine.config import RunConfig, config_differences
+from stream.core.errors import ConfigError, RunDirectoryError
+from stream.engine.runner import CONFIG_FILE, package_versions, run_stream
+from stream.engine.study import (StudyDirectory, StudyRun, StudySpec, atomic_write_json, completed_steps,
                           is_complete)
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ _BACKBONE_CACHE: dict[tuple[str, str, str], object] = {}
 
 
 def _backbone_for(config: RunConfig):
-    from methods.backbone import load_backbone
+    from methods.core.backbone import load_backbone
 
     key = (config.backbone, config.pooling, config.device)
     if key not in _BACKBONE_CACHE:
@@ -307,7 +307,7 @@ def run_study(spec: StudySpec, study_dir: str | Path, *, backend: str = "local",
                        run.config, threads) for run in todo]
         tracker = _Tracker(directory, todo, len(runs), len(outcome.skipped), on_progress)
         tracker.tick()
-        from stream.backends import make_backend
+        from stream.engine.backends import make_backend
 
         make_backend(backend, workers=workers, threads=threads, address=address,
                      poll_seconds=poll_seconds).run(jobs, tracker.finish, tracker.tick)

@@ -21,17 +21,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from stream.errors import ConfigError
-from stream.validation import check_real, unknown_name_error
+from stream.core.errors import ConfigError
+from stream.core.validation import check_real, unknown_name_error
 
 if TYPE_CHECKING:
-    from methods.backbone import Backbone
-    from methods.patches import ServingPatch
-    from methods.task_model import TaskHead, TaskModel
-    from methods.training import FitResult
-    from stream.scenario import Arrival
-    from stream.store import LoadedArtifact
-    from stream.tasks import TaskSpec
+    from methods.core.backbone import Backbone
+    from methods.core.patches import ServingPatch
+    from methods.core.task_model import TaskHead, TaskModel
+    from methods.core.training import FitResult
+    from stream.core.scenario import Arrival
+    from stream.core.store import LoadedArtifact
+    from stream.core.tasks import TaskSpec
 
 # Built-in methods: registry name -> module under methods/ whose import registers it. Modules are imported
 # on first use, so a run that does not use a heavy method (Avalanche, peft) does not import its library.
@@ -162,7 +162,7 @@ class Method(abc.ABC):
 
     def new_head(self, task: TaskSpec, seed: int) -> TaskHead:
         """A freshly initialised head for ``task``, seeded so every method starts from the same head."""
-        from methods.task_model import TaskHead
+        from methods.core.task_model import TaskHead
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -180,7 +180,7 @@ class Method(abc.ABC):
     def fit(self, model: TaskModel, groups: list[dict], arrival: Arrival, *, progress: bool,
             desc: str | None = None, **overrides: Any) -> FitResult:
         """Run the shared training loop on ``arrival`` with its budget; ``overrides`` reach :func:`fit`."""
-        from methods.training import fit
+        from methods.core.training import fit
 
         budget = arrival.budget
         options = dict(epochs=budget.epochs, max_steps=budget.max_steps, batch_size=budget.batch_size,
@@ -208,7 +208,7 @@ class Method(abc.ABC):
         """How a server switches the shared live encoder (``self.backbone.encoder``) to ``task`` in place.
 
         A method whose task model is the backbone plus a small change returns a
-        :class:`~methods.patches.ServingPatch`: its ``apply`` turns the live encoder into exactly what
+        :class:`~methods.core.patches.ServingPatch`: its ``apply`` turns the live encoder into exactly what
         :meth:`load` rebuilds from ``artifact`` (logits equal bit for bit) and its ``revert`` restores the
         encoder bit for bit. Called only while no other patch is applied. The default, None, means the
         server rebuilds the model with :meth:`load` at every switch (full finetuning, evolving methods).

@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from methods.backbone import DEFAULT_BACKBONE
-from stream.errors import DataError
-from stream.sources import DATA_DIR_ENV
+from methods.core.backbone import DEFAULT_BACKBONE
+from stream.core.errors import DataError
+from stream.core.sources import DATA_DIR_ENV
 
 SMOKE_ENV = "TASKSTREAM_NOTEBOOK_SMOKE"
 BACKBONE_ENV = "TASKSTREAM_NOTEBOOK_BACKBONE"

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-from stream.errors import ArtifactError
+from stream.core.errors import ArtifactError
 
 SIDECAR_SCHEMA = 1
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from methods.base import Sharing
-from stream.errors import RunDirectoryError
+from methods.core.base import Sharing
+from stream.core.errors import RunDirectoryError
 
 logger = logging.getLogger(__name__)
 

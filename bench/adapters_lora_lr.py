@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    from stream.core.scenario import Budget
     from stream.engine.config import MethodSpec, RunConfig
     from stream.engine.runner import run_stream
-    from stream.core.scenario import Budget
 
     torch.set_num_threads(args.threads)
     budget = Budget(max_train_examples=args.n_train, epochs=args.epochs, batch_size=args.batch_size,

@@ -52,9 +52,9 @@ def _clock() -> tuple[float, float]:
 def build(args):
     """The backbone, the task's arrival (taskstream's rows) and the same scenario exported to Avalanche."""
     from methods.core.backbone import load_backbone
+    from stream.core.scenario import ArrivalBuilder
     from stream.engine.avalanche_bridge import stream_from_builder
     from stream.engine.runner import resolve_tasks
-    from stream.core.scenario import ArrivalBuilder
 
     budget = Budget(max_train_examples=args.examples, epochs=args.epochs, batch_size=args.batch_size,
                     max_seq_length=args.seq_len, max_dev_examples=1, max_eval_examples=1)
@@ -70,9 +70,9 @@ def build(args):
 
 
 def run_taskstream(backbone, arrival, args) -> dict:
-    from methods.full import FullConfig
     from methods.core.task_model import TaskHead, TaskModel
     from methods.core.training import decay_groups, fit
+    from methods.full import FullConfig
 
     torch.manual_seed(args.seed)
     encoder = backbone.fresh_encoder().requires_grad_(True)

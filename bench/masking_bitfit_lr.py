@@ -71,9 +71,9 @@ def parse_args() -> argparse.Namespace:
 def run(args: argparse.Namespace, run_dir: Path) -> list[dict]:
     import torch
 
+    from stream.core.scenario import Budget
     from stream.engine.config import MethodSpec, RunConfig
     from stream.engine.runner import run_stream
-    from stream.core.scenario import Budget
 
     torch.set_num_threads(args.threads)
     steps_per_epoch = -(-args.n_train // args.batch_size)

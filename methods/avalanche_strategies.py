@@ -38,14 +38,14 @@ from avalanche.training.utils import ParamData
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from methods.core.base import ArtifactPayload, TrainedTask
 from methods.continual import (ENCODER_PREFIX, HEADS_PREFIX, heads_meta, load_encoder, load_task_head,
                                tuned_encoder_names)
+from methods.core.base import ArtifactPayload, TrainedTask
 from methods.core.training import FitResult, decay_groups, evaluate, linear_schedule
-from stream.engine.avalanche_bridge import (MultiHeadEncoder, MultiTaskCriterion, TokenCollator, collator_for,
-                                     single_experience, task_dataset)
 from stream.core.errors import ArtifactError
 from stream.core.tokenization import TokenizedSplit
+from stream.engine.avalanche_bridge import (MultiHeadEncoder, MultiTaskCriterion, TokenCollator, collator_for,
+                                            single_experience, task_dataset)
 
 if TYPE_CHECKING:
     from methods.continual import ContinualMethod

@@ -18,11 +18,11 @@ from methods.adapters import (
 )
 from methods.core.backbone import backbone_from_module
 from methods.core.base import build_method
-from stream.engine.config import RunConfig
 from stream.core.errors import ArtifactError, ConfigError
-from stream.engine.runner import resolve_tasks
 from stream.core.scenario import ArrivalBuilder, Budget
 from stream.core.store import ArtifactKey, ArtifactStore, LoadedArtifact
+from stream.engine.config import RunConfig
+from stream.engine.runner import resolve_tasks
 
 BUDGET = Budget(max_train_examples=32, epochs=1, batch_size=16, max_eval_examples=24, max_dev_examples=16)
 

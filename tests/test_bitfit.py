@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from methods.bitfit import BIAS_KEY, bias_parameters
 from methods.core.backbone import state_fingerprint
 from methods.core.base import build_method
-from methods.bitfit import BIAS_KEY, bias_parameters
-from stream.engine.config import RunConfig
 from stream.core.errors import ArtifactError
-from stream.engine.runner import resolve_tasks
 from stream.core.scenario import ArrivalBuilder, Budget
 from stream.core.store import ArtifactKey, ArtifactStore, LoadedArtifact
+from stream.engine.config import RunConfig
+from stream.engine.runner import resolve_tasks
 
 BUDGET = Budget(max_train_examples=32, epochs=1, batch_size=16, max_eval_examples=24, max_dev_examples=16)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from methods.core.backbone import DEFAULT_BACKBONE
-from stream.engine import demo
 from stream.core.errors import DataError
 from stream.core.sources import DATA_DIR_ENV
+from stream.engine import demo
 
 
 def test_smoke_mode_and_run_dirs(monkeypatch, tmp_path):

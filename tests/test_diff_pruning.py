@@ -16,17 +16,17 @@ import torch
 
 from methods.core.base import Method, build_method
 from methods.core.codecs import positions_lower_bound_bits, unpack_sparse_tensors
-from methods.diff_pruning import (DiffEncoder, DiffPruningConfig, DiffPruningNonadaptiveConfig,
-                                  DiffPruningUnstructuredConfig, GatedDiff, stage_steps, target_nonzeros,
-                                  top_k_positions)
 from methods.core.flat_params import FlatLayout, FunctionalEncoder, layer_of
 from methods.core.hard_concrete import HardConcrete
 from methods.core.task_model import TaskHead, TaskModel
-from stream.engine.config import RunConfig
+from methods.diff_pruning import (DiffEncoder, DiffPruningConfig, DiffPruningNonadaptiveConfig,
+                                  DiffPruningUnstructuredConfig, GatedDiff, stage_steps, target_nonzeros,
+                                  top_k_positions)
 from stream.core.errors import ArtifactError, ConfigError
-from stream.engine.runner import resolve_tasks
 from stream.core.scenario import ArrivalBuilder, Budget
 from stream.core.store import ArtifactKey, ArtifactStore
+from stream.engine.config import RunConfig
+from stream.engine.runner import resolve_tasks
 
 # stsb (regression) on the tiny model improves on dev during stage 1, so the diff is not all zeros.
 BUDGET = Budget(max_train_examples=64, epochs=2, batch_size=16, max_eval_examples=16, max_dev_examples=16)

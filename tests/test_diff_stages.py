@@ -14,9 +14,9 @@ from analysis.diff_stages import (density_traces, plot_density_traces, plot_proj
 from analysis.placement import load_placement
 from analysis.tables import load_ledger
 from methods.diff_pruning import TRACE_POINTS, magnitude_histogram
+from stream.core.scenario import Budget
 from stream.engine.config import MethodSpec, RunConfig
 from stream.engine.runner import run_stream
-from stream.core.scenario import Budget
 
 # 64 rows / batch 16 x 4 epochs = 16 steps: 8 L0 steps (every step traced), 8 fixed-mask steps.
 BUDGET = Budget(max_train_examples=64, epochs=4, batch_size=16, max_eval_examples=16, max_dev_examples=16)

@@ -16,8 +16,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from stream.engine.demo import BACKBONE_ENV, RUNS_ENV, SMOKE_ENV, SOURCE_ENV
 from stream.core.sources import DATA_DIR_ENV
+from stream.engine.demo import BACKBONE_ENV, RUNS_ENV, SMOKE_ENV, SOURCE_ENV
 from tests.conftest import SHARED_GLUE
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from stream.engine.config import MethodSpec, RunConfig
 from stream.core.errors import ArtifactError, RunDirectoryError
-from stream.engine.runner import run_stream
 from stream.core.scenario import Budget
+from stream.engine.config import MethodSpec, RunConfig
+from stream.engine.runner import run_stream
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET = Budget(max_train_examples=32, epochs=1, batch_size=16, max_eval_examples=24, max_dev_examples=16)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream.engine.config import RunConfig
 from stream.core.errors import ConfigError, DataError
-from stream.engine.runner import resolve_tasks
 from stream.core.scenario import ArrivalBuilder, Budget, carve_dev, eval_rows, resolve_order
+from stream.engine.config import RunConfig
+from stream.engine.runner import resolve_tasks
 
 
 @pytest.mark.parametrize("field, value, message", [

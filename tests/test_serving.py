@@ -21,12 +21,12 @@ from methods.core.backbone import load_backbone, state_fingerprint
 from methods.core.base import build_method
 from methods.core.patches import AddAtPositions, AssignValues, Edit, ServingPatch, ZeroAtPositions
 from methods.core.task_model import TaskHead
-from stream.engine.config import MethodSpec, RunConfig
 from stream.core.errors import ConfigError, DataError
-from stream.engine.runner import run_stream
 from stream.core.scenario import Budget
-from stream.engine.serving import TaskBank, read_examples
 from stream.core.tasks import get_task
+from stream.engine.config import MethodSpec, RunConfig
+from stream.engine.runner import run_stream
+from stream.engine.serving import TaskBank, read_examples
 from tests.method_matrix import MATRIX
 
 REPO = Path(__file__).resolve().parents[1]

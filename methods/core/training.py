@@ -20,8 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from stream.core.metrics import compute_metrics, task_score
 from methods.core.base import MethodConfig
+from stream.core.metrics import compute_metrics, task_score
 from stream.core.tasks import TaskSpec
 from stream.core.tokenization import TokenizedSplit
 

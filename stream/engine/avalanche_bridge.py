@@ -68,15 +68,15 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from stream.core.metrics import compute_metrics, task_score
 from methods.core.task_model import TaskHead, TaskModel, pool
+from stream.core.metrics import compute_metrics, task_score
 from stream.core.tasks import TaskSpec
 from stream.core.tokenization import TokenizedSplit
 
 if TYPE_CHECKING:
     from methods.core.backbone import Backbone
-    from stream.engine.config import RunConfig
     from stream.core.scenario import ArrivalBuilder
+    from stream.engine.config import RunConfig
 
 
 _FEATURES = ("input_ids", "attention_mask", "token_type_ids")
@@ -428,8 +428,8 @@ def to_avalanche(config: RunConfig, backbone: Backbone | None = None) -> Avalanc
         backbone: an already loaded backbone (its tokenizer tokenises the rows); default ``config.backbone``.
     """
     from methods.core.backbone import load_backbone
-    from stream.engine.runner import resolve_tasks
     from stream.core.scenario import ArrivalBuilder, resolve_order
+    from stream.engine.runner import resolve_tasks
 
     tasks, source = resolve_tasks(config)
     builder = ArrivalBuilder(source, tasks=tasks, budgets={t: config.budget_for(t) for t in tasks},

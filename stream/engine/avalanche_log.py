@@ -38,10 +38,10 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
 from methods.core.base import Method, Sharing
-from stream.engine.avalanche_bridge import (AvalancheStream, MultiTaskCriterion, glue_score_metrics, route_rows,
-                                     stream_from_builder, tag_rows)
-from stream.engine.config import AVALANCHE_LOGGERS
 from stream.core.store import ArtifactKey, ArtifactStore
+from stream.engine.avalanche_bridge import (AvalancheStream, MultiTaskCriterion, glue_score_metrics, route_rows,
+                                            stream_from_builder, tag_rows)
+from stream.engine.config import AVALANCHE_LOGGERS
 
 if TYPE_CHECKING:
     from methods.core.backbone import Backbone
@@ -258,10 +258,10 @@ def evaluate_run(run_dir: str | Path, label: str, *, metrics: Sequence[PluginMet
     """
     from methods.core.backbone import load_backbone
     from methods.core.base import build_method
-    from stream.engine.config import RunConfig
     from stream.core.ledger import Ledger
-    from stream.engine.runner import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE, resolve_tasks
     from stream.core.scenario import ArrivalBuilder, resolve_order
+    from stream.engine.config import RunConfig
+    from stream.engine.runner import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE, resolve_tasks
 
     run_dir = Path(run_dir)
     config = RunConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))

@@ -165,8 +165,8 @@ def _cmd_plot(args) -> int:
     from analysis.tables import is_study_dir
 
     if is_study_dir(args.run):
-        from analysis.plots import save_figure
         from analysis.placement import load_placement
+        from analysis.plots import save_figure
         from analysis.report import FIGURES_DIR
         from analysis.study_report import study_figures
         from analysis.tables import load_ledger
@@ -227,8 +227,8 @@ def _cmd_predict(args) -> int:
     import json
 
     from stream.core.errors import ConfigError, DataError
-    from stream.engine.serving import TaskBank, as_examples, read_examples
     from stream.core.validation import check_int
+    from stream.engine.serving import TaskBank, as_examples, read_examples
 
     check_int("", "--batch-size", args.batch_size, minimum=1)
     # Names and examples are checked before the backbone loads, so a typo fails at once.

@@ -61,9 +61,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stream.engine.config import MethodSpec, RunConfig, load_config_file
 from stream.core.errors import ConfigError
 from stream.core.scenario import resolve_order
+from stream.engine.config import MethodSpec, RunConfig, load_config_file
 
 STUDY_FILE = "study.json"
 LAUNCHES_FILE = "launches.jsonl"

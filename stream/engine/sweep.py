@@ -24,11 +24,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stream.engine.config import RunConfig, config_differences
 from stream.core.errors import ConfigError, RunDirectoryError
+from stream.engine.config import RunConfig, config_differences
 from stream.engine.runner import CONFIG_FILE, package_versions, run_stream
-from stream.engine.study import (StudyDirectory, StudyRun, StudySpec, atomic_write_json, completed_steps,
-                          is_complete)
+from stream.engine.study import StudyDirectory, StudyRun, StudySpec, atomic_write_json, completed_steps, is_complete
 
 logger = logging.getLogger(__name__)
 

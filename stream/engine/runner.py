@@ -19,13 +19,13 @@ from typing import Any
 from methods.core.backbone import Backbone, load_backbone
 from methods.core.base import Method, Sharing, build_method
 from methods.core.training import evaluate
-from stream.engine.config import MethodSpec, RunConfig, config_differences
 from stream.core.errors import ArtifactError, RunDirectoryError
 from stream.core.ledger import Ledger, cumulative_bytes, params_multiplier
 from stream.core.scenario import ArrivalBuilder, resolve_order
-from stream.core.sources import RoutedSource, resolve_source
+from stream.core.sources import CustomFileSource, RoutedSource, resolve_source
 from stream.core.store import ArtifactKey, ArtifactStore
 from stream.core.tasks import TaskSpec, get_task
+from stream.engine.config import MethodSpec, RunConfig, config_differences
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def resolve_tasks(config: RunConfig) -> tuple[dict[str, TaskSpec], Any]:
     custom = {c.name: c for c in config.custom_tasks if c.name in config.tasks}
     glue = [name for name in config.tasks if name not in custom]
     default = resolve_source(config.data_dir, hub_repo=config.hub_repo) if glue else None
-    source = RoutedSource(default, {name: c.source() for name, c in custom.items()})
+    source = RoutedSource(default, {name: CustomFileSource(name, c.files) for name, c in custom.items()})
     specs = {name: custom[name].to_task_spec() if name in custom else get_task(name) for name in config.tasks}
     return specs, source
 

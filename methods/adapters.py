@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from methods.core.backbone import transformer_blocks
-from methods.core.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
+from methods.core.base import ArtifactPayload, Method, Sharing, TrainedTask, register_method
+from methods.core.config import MethodConfig
 from methods.core.patches import AssignValues, ServingPatch, SwapModules, module_paths, shared_skeleton
 from methods.core.task_model import TaskModel, head_state, load_head
 from methods.core.training import decay_groups

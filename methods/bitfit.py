@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.core.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
+from methods.core.base import ArtifactPayload, Method, Sharing, TrainedTask, register_method
+from methods.core.config import MethodConfig
 from methods.core.patches import AssignValues, ServingPatch
 from methods.core.task_model import TaskModel, head_state, load_head
 from methods.core.training import decay_groups

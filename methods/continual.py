@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from methods.core.backbone import Backbone, transformer_blocks
-from methods.core.base import Method, MethodConfig, Sharing, TrainedTask, register_method
+from methods.core.base import Method, Sharing, TrainedTask, register_method
+from methods.core.config import MethodConfig
 from methods.core.task_model import TaskHead, TaskModel
 from stream.core.errors import ArtifactError, ConfigError
 from stream.core.validation import check_choice, check_int, check_real

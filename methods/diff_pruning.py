@@ -109,8 +109,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from methods.core.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
+from methods.core.base import ArtifactPayload, Method, Sharing, TrainedTask, register_method
 from methods.core.codecs import VALUE_DTYPES, pack_sparse_tensors, positions_lower_bound_bits, unpack_sparse_tensors
+from methods.core.config import MethodConfig
 from methods.core.flat_params import FlatLayout, FunctionalEncoder
 from methods.core.hard_concrete import HardConcrete
 from methods.core.patches import AddAtPositions, ServingPatch

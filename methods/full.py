@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.core.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
+from methods.core.base import ArtifactPayload, Method, Sharing, TrainedTask, register_method
+from methods.core.config import MethodConfig
 from methods.core.task_model import TaskModel, head_state, load_head
 from methods.core.training import decay_groups
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from methods.core.backbone import transformer_blocks
-from methods.core.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
+from methods.core.base import ArtifactPayload, Method, Sharing, TrainedTask, register_method
+from methods.core.config import MethodConfig
 from methods.core.patches import AssignValues, ServingPatch, parameter_names
 from methods.core.task_model import HEAD_PREFIX, TaskModel, head_state, load_head
 from methods.core.training import decay_groups

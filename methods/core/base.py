@@ -1,18 +1,18 @@
-"""The one interface every method implements, its config base class, and the method registry.
+"""The one interface every method implements, and the method registry.
 
 A method turns an arriving task into (a) a task model it can evaluate and (b) an artifact payload: the
 tensors and metadata that, written to a file and read back, let :meth:`Method.load` rebuild that model
 from the shared backbone alone. The arrival loop only ever evaluates models rebuilt by ``load``.
 
-Adding a method: one module under ``methods/`` with a ``XxxConfig`` dataclass and a ``@register_method``
-``XxxMethod`` class, one line in ``BUILTIN_METHODS`` below (its registration: name -> module, imported
-only when the method is used), and a row in the method-wide test matrix (``tests/method_matrix.py``).
+Adding a method: one module under ``methods/`` with a ``XxxConfig`` dataclass (a subclass of
+:class:`~methods.core.config.MethodConfig`) and a ``@register_method`` ``XxxMethod`` class, one line in
+``BUILTIN_METHODS`` below (its registration: name -> module, imported only when the method is used), and a
+row in the method-wide test matrix (``tests/method_matrix.py``).
 """
 
 from __future__ import annotations
 
 import abc
-import dataclasses
 import enum
 import importlib
 from collections.abc import Mapping
@@ -21,14 +21,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from methods.core.config import MethodConfig
+from methods.core.task_model import TaskHead, TaskModel
+from methods.core.training import FitResult, fit
 from stream.core.errors import ConfigError
-from stream.core.validation import check_real, unknown_name_error
+from stream.core.validation import unknown_name_error
 
 if TYPE_CHECKING:
     from methods.core.backbone import Backbone
     from methods.core.patches import ServingPatch
-    from methods.core.task_model import TaskHead, TaskModel
-    from methods.core.training import FitResult
     from stream.core.scenario import Arrival
     from stream.core.store import LoadedArtifact
     from stream.core.tasks import TaskSpec
@@ -67,51 +68,6 @@ class Sharing(str, enum.Enum):
     SHARED_BACKBONE = "shared_backbone"
     STANDALONE = "standalone"
     EVOLVING = "evolving"
-
-
-@dataclass(frozen=True, kw_only=True)
-class MethodConfig:
-    """Options every method has. Subclasses add their own fields and defaults.
-
-    Attributes:
-        learning_rate: peak AdamW learning rate for the method's own parameters.
-        head_learning_rate: learning rate of the freshly initialised task head (None: same as above).
-        weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
-        warmup_ratio: fraction of the steps spent in linear warm-up before linear decay to zero.
-        max_grad_norm: gradient clipping norm (0 disables clipping).
-        head_dropout: dropout before the task head's linear layer.
-    """
-
-    learning_rate: float = 5e-5
-    head_learning_rate: float | None = None
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    head_dropout: float = 0.1
-
-    def __post_init__(self) -> None:
-        owner = type(self).__name__
-        check_real(owner, "learning_rate", self.learning_rate, minimum=0.0, exclusive_minimum=True)
-        check_real(owner, "head_learning_rate", self.head_learning_rate, minimum=0.0,
-                   exclusive_minimum=True, allow_none=True)
-        check_real(owner, "weight_decay", self.weight_decay, minimum=0.0)
-        check_real(owner, "warmup_ratio", self.warmup_ratio, minimum=0.0, maximum=1.0, exclusive_maximum=True)
-        check_real(owner, "max_grad_norm", self.max_grad_norm, minimum=0.0)
-        check_real(owner, "head_dropout", self.head_dropout, minimum=0.0, maximum=1.0, exclusive_maximum=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as plain JSON-able values (saved in every artifact sidecar)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> MethodConfig:
-        """Build from user options, refusing unknown keys with the valid ones listed."""
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - valid)
-        if unknown:
-            raise ConfigError(f"Unknown option(s) {', '.join(map(repr, unknown))} for {cls.__name__}. "
-                              f"Valid: {', '.join(sorted(valid))}.")
-        return cls(**options)
 
 
 @dataclass
@@ -162,8 +118,6 @@ class Method(abc.ABC):
 
     def new_head(self, task: TaskSpec, seed: int) -> TaskHead:
         """A freshly initialised head for ``task``, seeded so every method starts from the same head."""
-        from methods.core.task_model import TaskHead
-
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             head = TaskHead(self.backbone.hidden_size, task.num_outputs, self.config.head_dropout)
@@ -180,8 +134,6 @@ class Method(abc.ABC):
     def fit(self, model: TaskModel, groups: list[dict], arrival: Arrival, *, progress: bool,
             desc: str | None = None, **overrides: Any) -> FitResult:
         """Run the shared training loop on ``arrival`` with its budget; ``overrides`` reach :func:`fit`."""
-        from methods.core.training import fit
-
         budget = arrival.budget
         options = dict(epochs=budget.epochs, max_steps=budget.max_steps, batch_size=budget.batch_size,
                        eval_every_steps=budget.eval_every_steps, eval_batch_size=budget.eval_batch_size,

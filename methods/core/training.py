@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from methods.core.base import MethodConfig
+from methods.core.config import MethodConfig
 from stream.core.metrics import compute_metrics, task_score
 from stream.core.tasks import TaskSpec
 from stream.core.tokenization import TokenizedSplit

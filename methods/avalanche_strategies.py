@@ -38,9 +38,9 @@ from avalanche.training.utils import ParamData
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from methods.continual import (ENCODER_PREFIX, HEADS_PREFIX, heads_meta, load_encoder, load_task_head,
-                               tuned_encoder_names)
-from methods.core.base import ArtifactPayload, TrainedTask
+from methods.core.base import ArtifactPayload, Method, TrainedTask
+from methods.core.evolving import (ENCODER_PREFIX, HEADS_PREFIX, heads_meta, load_encoder, load_task_head,
+                                   tuned_encoder_names)
 from methods.core.training import FitResult, decay_groups, evaluate, linear_schedule
 from stream.core.errors import ArtifactError
 from stream.core.tokenization import TokenizedSplit
@@ -48,7 +48,6 @@ from stream.engine.avalanche_bridge import (MultiHeadEncoder, MultiTaskCriterion
                                             single_experience, task_dataset)
 
 if TYPE_CHECKING:
-    from methods.continual import ContinualMethod
     from stream.core.scenario import Arrival
     from stream.core.store import LoadedArtifact
 
@@ -330,7 +329,7 @@ STRATEGIES: dict[str, type[_ArrivalStrategy]] = {
 }
 
 
-def _check_previous(method: ContinualMethod, previous: LoadedArtifact, arrival: Arrival) -> list[dict]:
+def _check_previous(method: Method, previous: LoadedArtifact, arrival: Arrival) -> list[dict]:
     meta = previous.meta
     for key, expected in (("strategy", method.strategy), ("tuned_blocks", method.config.tuned_blocks)):
         if meta.get(key) != expected:
@@ -380,7 +379,7 @@ class PreparedArrival:
         return self.strategy.model
 
 
-def prepare_arrival(method: ContinualMethod, arrival: Arrival, previous: LoadedArtifact | None, *,
+def prepare_arrival(method: Method, arrival: Arrival, previous: LoadedArtifact | None, *,
                     progress: bool = False) -> PreparedArrival:
     """Rebuild the model and the strategy's state from ``previous`` and set up training on ``arrival``."""
     config, backbone, task = method.config, method.backbone, arrival.task
@@ -433,9 +432,13 @@ def prepare_arrival(method: ContinualMethod, arrival: Arrival, previous: LoadedA
                            records=records + [record], tuned=tuned, collator=collator)
 
 
-def train_arrival(method: ContinualMethod, arrival: Arrival, previous: LoadedArtifact | None, *,
+def train_arrival(method: Method, arrival: Arrival, previous: LoadedArtifact | None, *,
                   progress: bool = False) -> TrainedTask:
-    """Train ``method``'s Avalanche strategy on one arrival, continuing from ``previous`` (see module doc)."""
+    """Train ``method``'s Avalanche strategy on one arrival, continuing from ``previous`` (see module doc).
+
+    ``method`` is one of :mod:`methods.continual`'s methods: its ``strategy`` names the Avalanche strategy and
+    its config is a ``ContinualConfig`` (or a subclass with the strategy's own options).
+    """
     start = time.perf_counter()
     prepared = prepare_arrival(method, arrival, previous, progress=progress)
     strategy, model = prepared.strategy, prepared.model

@@ -94,7 +94,7 @@ def run_avalanche(backbone, stream, args) -> dict:
     from avalanche.training import Naive
     from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
 
-    from stream.engine.avalanche_bridge import MultiTaskCriterion
+    from methods.core.multitask import MultiTaskCriterion
 
     class EpochClock(SupervisedPlugin):
         def __init__(self) -> None:

@@ -41,11 +41,11 @@ from tqdm.auto import tqdm
 from methods.core.base import ArtifactPayload, Method, TrainedTask
 from methods.core.evolving import (ENCODER_PREFIX, HEADS_PREFIX, heads_meta, load_encoder, load_task_head,
                                    tuned_encoder_names)
+from methods.core.multitask import (MultiHeadEncoder, MultiTaskCriterion, TokenCollator, collator_for,
+                                    single_experience, task_dataset)
 from methods.core.training import FitResult, decay_groups, evaluate, linear_schedule
 from stream.core.errors import ArtifactError
 from stream.core.tokenization import TokenizedSplit
-from stream.engine.avalanche_bridge import (MultiHeadEncoder, MultiTaskCriterion, TokenCollator, collator_for,
-                                            single_experience, task_dataset)
 
 if TYPE_CHECKING:
     from stream.core.scenario import Arrival

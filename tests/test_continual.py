@@ -145,8 +145,8 @@ def test_replay_buffer_evolves_through_the_file(tiny_backbone, glue_dir, tmp_pat
 
 def test_lwf_distils_the_previous_model_including_regression_heads(tiny_backbone):
     from methods.avalanche_strategies import RegressionAwareLwF
+    from methods.core.multitask import MultiHeadEncoder
     from methods.core.task_model import TaskHead
-    from stream.engine.avalanche_bridge import MultiHeadEncoder
 
     heads = {0: TaskHead(tiny_backbone.hidden_size, 2), 1: TaskHead(tiny_backbone.hidden_size, 1)}
     student = MultiHeadEncoder(tiny_backbone.fresh_encoder(), heads, regression=[1], trained_tasks=[0, 1]).eval()

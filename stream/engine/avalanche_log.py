@@ -38,9 +38,9 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
 from methods.core.base import Method, Sharing
+from methods.core.multitask import MultiTaskCriterion, route_rows, tag_rows
 from stream.core.store import ArtifactKey, ArtifactStore
-from stream.engine.avalanche_bridge import (AvalancheStream, MultiTaskCriterion, glue_score_metrics, route_rows,
-                                            stream_from_builder, tag_rows)
+from stream.engine.avalanche_bridge import AvalancheStream, glue_score_metrics, stream_from_builder
 from stream.engine.config import AVALANCHE_LOGGERS
 
 if TYPE_CHECKING:

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-LEDGER_FILE = "ledger.jsonl"
-CONFIG_FILE = "config.json"
+from stream.core.rundir import CONFIG_FILE, LEDGER_FILE
+
 STUDY_FILE = "study.json"  # the study record written by stream.engine.study (read here as plain JSON)
 DEFAULT_BUDGET = "default"
 # Columns describing a run (or a method within it) that load_ledger adds to every ledger row.

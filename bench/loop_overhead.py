@@ -54,7 +54,7 @@ def build(args):
     from methods.core.backbone import load_backbone
     from stream.core.scenario import ArrivalBuilder
     from stream.engine.avalanche_bridge import stream_from_builder
-    from stream.engine.runner import resolve_tasks
+    from stream.engine.config import resolve_tasks
 
     budget = Budget(max_train_examples=args.examples, epochs=args.epochs, batch_size=args.batch_size,
                     max_seq_length=args.seq_len, max_dev_examples=1, max_eval_examples=1)

@@ -31,8 +31,8 @@ from stream.core.errors import ConfigError  # noqa: E402
 from stream.core.scenario import ArrivalBuilder, Budget  # noqa: E402
 from stream.engine import avalanche_log  # noqa: E402
 from stream.engine.avalanche_bridge import glue_score_metrics, to_avalanche  # noqa: E402
-from stream.engine.config import MethodSpec, RunConfig  # noqa: E402
-from stream.engine.runner import resolve_tasks, run_stream  # noqa: E402
+from stream.engine.config import MethodSpec, RunConfig, resolve_tasks  # noqa: E402
+from stream.engine.runner import run_stream  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 
 BUDGET = Budget(max_train_examples=32, epochs=1, batch_size=16, max_eval_examples=24, max_dev_examples=16)

@@ -11,8 +11,7 @@ from methods.core.base import build_method
 from stream.core.errors import ArtifactError
 from stream.core.scenario import ArrivalBuilder, Budget
 from stream.core.store import ArtifactKey, ArtifactStore, LoadedArtifact
-from stream.engine.config import RunConfig
-from stream.engine.runner import resolve_tasks
+from stream.engine.config import RunConfig, resolve_tasks
 
 BUDGET = Budget(max_train_examples=32, epochs=1, batch_size=16, max_eval_examples=24, max_dev_examples=16)
 

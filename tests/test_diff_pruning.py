@@ -25,8 +25,7 @@ from methods.diff_pruning import (DiffEncoder, DiffPruningConfig, DiffPruningNon
 from stream.core.errors import ArtifactError, ConfigError
 from stream.core.scenario import ArrivalBuilder, Budget
 from stream.core.store import ArtifactKey, ArtifactStore
-from stream.engine.config import RunConfig
-from stream.engine.runner import resolve_tasks
+from stream.engine.config import RunConfig, resolve_tasks
 
 # stsb (regression) on the tiny model improves on dev during stage 1, so the diff is not all zeros.
 BUDGET = Budget(max_train_examples=64, epochs=2, batch_size=16, max_eval_examples=16, max_dev_examples=16)

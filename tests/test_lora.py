@@ -16,8 +16,7 @@ from methods.lora import LoraConfig, inject_lora, linear_layer_names, peft_setti
 from stream.core.errors import ArtifactError, ConfigError
 from stream.core.scenario import ArrivalBuilder, Budget
 from stream.core.store import ArtifactKey, ArtifactStore
-from stream.engine.config import RunConfig
-from stream.engine.runner import resolve_tasks
+from stream.engine.config import RunConfig, resolve_tasks
 from tests.conftest import REPO
 
 BUDGET = Budget(max_train_examples=48, epochs=2, batch_size=16, max_eval_examples=24, max_dev_examples=16)

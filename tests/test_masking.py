@@ -15,8 +15,7 @@ from methods.masking import ScoreMask, binarize, init_scores
 from stream.core.errors import ArtifactError, ConfigError
 from stream.core.scenario import ArrivalBuilder, Budget
 from stream.core.store import ArtifactKey, ArtifactStore
-from stream.engine.config import RunConfig
-from stream.engine.runner import resolve_tasks
+from stream.engine.config import RunConfig, resolve_tasks
 
 BUDGET = Budget(max_train_examples=32, epochs=1, batch_size=16, max_eval_examples=24, max_dev_examples=16)
 FROZEN = {"learning_rate": 1e-12}  # scores barely move: the stored masks are the initial ones

@@ -19,8 +19,8 @@ import torch
 from methods.core.base import Sharing, build_method, registered_methods
 from stream.core.scenario import ArrivalBuilder, Budget
 from stream.core.store import ArtifactKey, ArtifactStore
-from stream.engine.config import MethodSpec, RunConfig
-from stream.engine.runner import resolve_tasks, run_stream
+from stream.engine.config import MethodSpec, RunConfig, resolve_tasks
+from stream.engine.runner import run_stream
 from tests.method_matrix import MATRIX, row_id
 
 BUDGET = Budget(max_train_examples=32, epochs=1, batch_size=16, max_eval_examples=24, max_dev_examples=16)

@@ -7,8 +7,7 @@ import pytest
 
 from stream.core.errors import ConfigError, DataError
 from stream.core.scenario import ArrivalBuilder, Budget, carve_dev, eval_rows, resolve_order
-from stream.engine.config import RunConfig
-from stream.engine.runner import resolve_tasks
+from stream.engine.config import RunConfig, resolve_tasks
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -41,7 +41,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,15 +51,13 @@ from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metric_utils import get_metric_name
 
+from methods.core.backbone import Backbone, load_backbone
 from methods.core.multitask import MultiHeadEncoder, TokenCollator, collator_for, task_dataset
 from methods.core.task_model import TaskHead
 from stream.core.metrics import compute_metrics, task_score
+from stream.core.scenario import ArrivalBuilder, resolve_order
 from stream.core.tasks import TaskSpec
-
-if TYPE_CHECKING:
-    from methods.core.backbone import Backbone
-    from stream.core.scenario import ArrivalBuilder
-    from stream.engine.config import RunConfig
+from stream.engine.config import RunConfig, resolve_tasks
 
 
 class GlueScorePluginMetric(PluginMetric[float]):
@@ -194,10 +192,6 @@ def to_avalanche(config: RunConfig, backbone: Backbone | None = None) -> Avalanc
         config: the run config; only its scenario fields (tasks, order, data, budgets, seed) are used.
         backbone: an already loaded backbone (its tokenizer tokenises the rows); default ``config.backbone``.
     """
-    from methods.core.backbone import load_backbone
-    from stream.core.scenario import ArrivalBuilder, resolve_order
-    from stream.engine.runner import resolve_tasks
-
     tasks, source = resolve_tasks(config)
     builder = ArrivalBuilder(source, tasks=tasks, budgets={t: config.budget_for(t) for t in tasks},
                              seed=config.seed)

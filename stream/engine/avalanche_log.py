@@ -24,7 +24,7 @@ import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from avalanche.evaluation import PluginMetric
@@ -37,17 +37,16 @@ from avalanche.models import MultiTaskModule
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
-from methods.core.base import Method, Sharing
+from methods.core.backbone import Backbone, load_backbone
+from methods.core.base import Method, Sharing, build_method
 from methods.core.multitask import MultiTaskCriterion, route_rows, tag_rows
+from methods.core.task_model import TaskModel
+from stream.core.ledger import Ledger
+from stream.core.rundir import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE
+from stream.core.scenario import ArrivalBuilder, resolve_order
 from stream.core.store import ArtifactKey, ArtifactStore
 from stream.engine.avalanche_bridge import AvalancheStream, glue_score_metrics, stream_from_builder
-from stream.engine.config import AVALANCHE_LOGGERS
-
-if TYPE_CHECKING:
-    from methods.core.backbone import Backbone
-    from methods.core.task_model import TaskModel
-    from stream.core.ledger import Ledger
-    from stream.core.scenario import ArrivalBuilder
+from stream.engine.config import AVALANCHE_LOGGERS, RunConfig, resolve_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -256,13 +255,6 @@ def evaluate_run(run_dir: str | Path, label: str, *, metrics: Sequence[PluginMet
         loggers: Avalanche loggers to write to.
         backbone: an already loaded backbone (tests pass tiny models); default the run config's.
     """
-    from methods.core.backbone import load_backbone
-    from methods.core.base import build_method
-    from stream.core.ledger import Ledger
-    from stream.core.scenario import ArrivalBuilder, resolve_order
-    from stream.engine.config import RunConfig
-    from stream.engine.runner import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE, resolve_tasks
-
     run_dir = Path(run_dir)
     config = RunConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
     spec = next((m for m in config.methods if m.resolved_label == label), None)

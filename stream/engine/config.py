@@ -20,7 +20,8 @@ from methods.core.backbone import DEFAULT_BACKBONE, POOLINGS
 from methods.core.base import get_method_class
 from stream.core.errors import ConfigError
 from stream.core.scenario import Budget
-from stream.core.tasks import CustomTaskSpec, get_task
+from stream.core.sources import CustomFileSource, RoutedSource, resolve_source
+from stream.core.tasks import CustomTaskSpec, TaskSpec, get_task
 from stream.core.validation import check_choice, check_int
 
 DEFAULT_TASKS = ("cola", "sst2", "mrpc", "stsb", "rte")
@@ -263,3 +264,13 @@ def config_differences(saved: Mapping[str, Any], requested: Mapping[str, Any]) -
         if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
             lines.append(f"{key}: {json.dumps(old, sort_keys=True)} -> {json.dumps(new, sort_keys=True)}")
     return lines
+
+
+def resolve_tasks(config: RunConfig) -> tuple[dict[str, TaskSpec], Any]:
+    """The task specs of a run (GLUE or custom) and the data source that serves them."""
+    custom = {c.name: c for c in config.custom_tasks if c.name in config.tasks}
+    glue = [name for name in config.tasks if name not in custom]
+    default = resolve_source(config.data_dir, hub_repo=config.hub_repo) if glue else None
+    source = RoutedSource(default, {name: CustomFileSource(name, c.files) for name, c in custom.items()})
+    specs = {name: custom[name].to_task_spec() if name in custom else get_task(name) for name in config.tasks}
+    return specs, source

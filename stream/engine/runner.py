@@ -21,18 +21,12 @@ from methods.core.base import Method, Sharing, build_method
 from methods.core.training import evaluate
 from stream.core.errors import ArtifactError, RunDirectoryError
 from stream.core.ledger import Ledger, cumulative_bytes, params_multiplier
+from stream.core.rundir import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE, VERSIONS_FILE
 from stream.core.scenario import ArrivalBuilder, resolve_order
-from stream.core.sources import CustomFileSource, RoutedSource, resolve_source
 from stream.core.store import ArtifactKey, ArtifactStore
-from stream.core.tasks import TaskSpec, get_task
-from stream.engine.config import MethodSpec, RunConfig, config_differences
+from stream.engine.config import MethodSpec, RunConfig, config_differences, resolve_tasks
 
 logger = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.json"
-VERSIONS_FILE = "versions.json"
-LEDGER_FILE = "ledger.jsonl"
-ARTIFACTS_DIR = "artifacts"
 
 
 def package_versions() -> dict[str, str]:
@@ -63,16 +57,6 @@ def prepare_run_dir(run_dir: Path, config: RunConfig) -> None:
         return
     config_path.write_text(json.dumps(requested, indent=2, sort_keys=True) + "\n")
     (run_dir / VERSIONS_FILE).write_text(json.dumps(package_versions(), indent=2, sort_keys=True) + "\n")
-
-
-def resolve_tasks(config: RunConfig) -> tuple[dict[str, TaskSpec], Any]:
-    """The task specs of a run (GLUE or custom) and the data source that serves them."""
-    custom = {c.name: c for c in config.custom_tasks if c.name in config.tasks}
-    glue = [name for name in config.tasks if name not in custom]
-    default = resolve_source(config.data_dir, hub_repo=config.hub_repo) if glue else None
-    source = RoutedSource(default, {name: CustomFileSource(name, c.files) for name, c in custom.items()})
-    specs = {name: custom[name].to_task_spec() if name in custom else get_task(name) for name in config.tasks}
-    return specs, source
 
 
 @dataclass

@@ -37,12 +37,12 @@ from methods.core.base import Method, Sharing, build_method
 from methods.core.patches import ServingPatch
 from methods.core.task_model import TaskModel
 from stream.core.errors import ArtifactError, ConfigError, DataError, RunDirectoryError
+from stream.core.rundir import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE
 from stream.core.scenario import Budget
 from stream.core.store import ArtifactKey, ArtifactStore, LoadedArtifact
 from stream.core.tasks import CustomTaskSpec, TaskSpec, get_task
 from stream.core.tokenization import TokenizedSplit, tokenize_texts
 from stream.engine.config import MethodSpec
-from stream.engine.runner import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stream.core.errors import ConfigError, RunDirectoryError
+from stream.core.rundir import CONFIG_FILE
 from stream.engine.config import RunConfig, config_differences
-from stream.engine.runner import CONFIG_FILE, package_versions, run_stream
+from stream.engine.runner import package_versions, run_stream
 from stream.engine.study import StudyDirectory, StudyRun, StudySpec, atomic_write_json, completed_steps, is_complete
 
 logger = logging.getLogger(__name__)

@@ -65,13 +65,14 @@ from bench_setup import REPO, default_glue_dir, write_results  # first: offline 
 
 import torch  # noqa: E402
 
-from methods.core.base import Method, Sharing, build_method, registered_methods  # noqa: E402
+from methods.core.base import Method, build_method, registered_methods  # noqa: E402
 from methods.core.training import evaluate  # noqa: E402
-from stream.engine.config import MethodSpec  # noqa: E402
+from stream.core.ledger import Sharing  # noqa: E402
 from stream.core.scenario import Arrival, Budget  # noqa: E402
 from stream.core.store import ArtifactKey, ArtifactStore  # noqa: E402
 from stream.core.tasks import get_task  # noqa: E402
 from stream.core.tokenization import TokenizedSplit  # noqa: E402
+from stream.engine.config import MethodSpec  # noqa: E402
 
 REFERENCE = "full"
 # The task of the untimed first arrival that evolving methods continue from (any task other than rte).

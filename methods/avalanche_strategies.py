@@ -38,13 +38,14 @@ from avalanche.training.utils import ParamData
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from methods.core.base import ArtifactPayload, Method, TrainedTask
+from methods.core.base import Method, TrainedTask
 from methods.core.evolving import (ENCODER_PREFIX, HEADS_PREFIX, heads_meta, load_encoder, load_task_head,
                                    tuned_encoder_names)
 from methods.core.multitask import (MultiHeadEncoder, MultiTaskCriterion, TokenCollator, collator_for,
                                     single_experience, task_dataset)
 from methods.core.training import FitResult, decay_groups, evaluate, linear_schedule
 from stream.core.errors import ArtifactError
+from stream.core.store import ArtifactPayload
 from stream.core.tokenization import TokenizedSplit
 
 if TYPE_CHECKING:

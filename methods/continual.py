@@ -37,11 +37,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from methods.core.base import Method, Sharing, TrainedTask, register_method
+from methods.core.base import Method, TrainedTask, register_method
 from methods.core.config import MethodConfig
 from methods.core.evolving import heads_meta, load_encoder, load_task_head
 from methods.core.task_model import TaskModel
 from stream.core.errors import ArtifactError, ConfigError
+from stream.core.ledger import Sharing
 from stream.core.validation import check_choice, check_int, check_real
 
 EWC_MODES = ("online", "separate")

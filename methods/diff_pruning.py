@@ -109,7 +109,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from methods.core.base import ArtifactPayload, Method, Sharing, TrainedTask, register_method
+from methods.core.base import Method, TrainedTask, register_method
 from methods.core.codecs import VALUE_DTYPES, pack_sparse_tensors, positions_lower_bound_bits, unpack_sparse_tensors
 from methods.core.config import MethodConfig
 from methods.core.flat_params import FlatLayout, FunctionalEncoder
@@ -118,6 +118,8 @@ from methods.core.patches import AddAtPositions, ServingPatch
 from methods.core.task_model import HEAD_PREFIX, TaskModel, head_state, load_head
 from methods.core.training import FitResult, decay_groups, evaluate
 from stream.core.errors import ArtifactError, ConfigError
+from stream.core.ledger import Sharing
+from stream.core.store import ArtifactPayload
 from stream.core.validation import check_choice, check_real
 
 logger = logging.getLogger(__name__)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.core.base import ArtifactPayload, Method, Sharing, TrainedTask, register_method
+from methods.core.base import Method, TrainedTask, register_method
 from methods.core.config import MethodConfig
 from methods.core.task_model import TaskModel, head_state, load_head
 from methods.core.training import decay_groups
+from stream.core.ledger import Sharing
+from stream.core.store import ArtifactPayload
 
 ENCODER_PREFIX = "encoder."
 

@@ -63,13 +63,15 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from methods.core.backbone import transformer_blocks
-from methods.core.base import ArtifactPayload, Method, Sharing, TrainedTask, register_method
+from methods.core.base import Method, TrainedTask, register_method
 from methods.core.codecs import mask_lower_bound_bits, pack_masks, unpack_masks
 from methods.core.config import MethodConfig
 from methods.core.patches import ServingPatch, ZeroAtPositions, parameter_names
 from methods.core.task_model import TaskHead, TaskModel, head_state, load_head
 from methods.core.training import decay_groups
 from stream.core.errors import ArtifactError, ConfigError
+from stream.core.ledger import Sharing
+from stream.core.store import ArtifactPayload
 from stream.core.validation import check_choice, check_int, check_real
 
 logger = logging.getLogger(__name__)

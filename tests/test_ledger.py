@@ -6,9 +6,8 @@ import json
 
 import pytest
 
-from methods.core.base import Sharing
 from stream.core.errors import RunDirectoryError
-from stream.core.ledger import Ledger, cumulative_bytes, params_multiplier
+from stream.core.ledger import Ledger, Sharing, cumulative_bytes, params_multiplier
 
 
 def test_cumulative_bytes_follows_each_sharing_rule():

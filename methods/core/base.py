@@ -13,10 +13,9 @@ row in the method-wide test matrix (``tests/method_matrix.py``).
 from __future__ import annotations
 
 import abc
-import enum
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -25,13 +24,14 @@ from methods.core.config import MethodConfig
 from methods.core.task_model import TaskHead, TaskModel
 from methods.core.training import FitResult, fit
 from stream.core.errors import ConfigError
+from stream.core.ledger import Sharing
+from stream.core.store import ArtifactPayload, LoadedArtifact
 from stream.core.validation import unknown_name_error
 
 if TYPE_CHECKING:
     from methods.core.backbone import Backbone
     from methods.core.patches import ServingPatch
     from stream.core.scenario import Arrival
-    from stream.core.store import LoadedArtifact
     from stream.core.tasks import TaskSpec
 
 # Built-in methods: registry name -> module under methods/ whose import registers it. Modules are imported
@@ -52,41 +52,6 @@ BUILTIN_METHODS = {
     "lwf": "continual",
     "replay": "continual",
 }
-
-
-class Sharing(str, enum.Enum):
-    """How a method's per-task files relate to the shared backbone; decides cumulative storage S(t).
-
-    - ``shared_backbone``: a frozen backbone (counted once) plus one small file per task:
-      S(t) = backbone + sum of task files. Earlier tasks' files never change.
-    - ``standalone``: each task file is a whole model and nothing is shared: S(t) = sum of task files.
-    - ``evolving``: one shared model evolves across tasks; the file written after task t holds all
-      that must be kept (model, every head, buffers) and supersedes earlier ones: S(t) = file t.
-      Earlier tasks are re-evaluated from the newest file, which is how forgetting shows.
-    """
-
-    SHARED_BACKBONE = "shared_backbone"
-    STANDALONE = "standalone"
-    EVOLVING = "evolving"
-
-
-@dataclass
-class ArtifactPayload:
-    """What a method wants written for one task: tensors (safetensors) plus JSON-able metadata.
-
-    Attributes:
-        tensors: name -> tensor. Head tensors use the ``head.`` prefix; method tensors a method prefix.
-        meta: method-specific metadata (the store adds method, task, step, config, backbone identity).
-        new_params: parameters this file adds, the papers' "new params per task" numerator
-            (for sparse diffs: the nonzeros; see each method's docstring for its convention).
-        lower_bound_bits: information-theoretic lower bound of the method's tensors in bits, when the
-            method stores something compressible (sparse positions, masks); None otherwise.
-    """
-
-    tensors: dict[str, torch.Tensor]
-    meta: dict[str, Any] = field(default_factory=dict)
-    new_params: int = 0
-    lower_bound_bits: float | None = None
 
 
 @dataclass

@@ -7,6 +7,7 @@ open; the run then redoes that step from its artifact, which is never rewritten.
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import os
@@ -14,10 +15,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from methods.core.base import Sharing
 from stream.core.errors import RunDirectoryError
 
 logger = logging.getLogger(__name__)
+
+
+class Sharing(str, enum.Enum):
+    """How a method's per-task files relate to the shared backbone; decides cumulative storage S(t).
+
+    - ``shared_backbone``: a frozen backbone (counted once) plus one small file per task:
+      S(t) = backbone + sum of task files. Earlier tasks' files never change.
+    - ``standalone``: each task file is a whole model and nothing is shared: S(t) = sum of task files.
+    - ``evolving``: one shared model evolves across tasks; the file written after task t holds all
+      that must be kept (model, every head, buffers) and supersedes earlier ones: S(t) = file t.
+      Earlier tasks are re-evaluated from the newest file, which is how forgetting shows.
+    """
+
+    SHARED_BACKBONE = "shared_backbone"
+    STANDALONE = "standalone"
+    EVOLVING = "evolving"
 
 
 def cumulative_bytes(sharing: Sharing, backbone_bytes: int, artifact_bytes: Sequence[int]) -> int:

@@ -38,10 +38,10 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
 from methods.core.backbone import Backbone, load_backbone
-from methods.core.base import Method, Sharing, build_method
+from methods.core.base import Method, build_method
 from methods.core.multitask import MultiTaskCriterion, route_rows, tag_rows
 from methods.core.task_model import TaskModel
-from stream.core.ledger import Ledger
+from stream.core.ledger import Ledger, Sharing
 from stream.core.rundir import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE
 from stream.core.scenario import ArrivalBuilder, resolve_order
 from stream.core.store import ArtifactKey, ArtifactStore

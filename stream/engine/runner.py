@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from methods.core.backbone import Backbone, load_backbone
-from methods.core.base import Method, Sharing, build_method
+from methods.core.base import Method, build_method
 from methods.core.training import evaluate
 from stream.core.errors import ArtifactError, RunDirectoryError
-from stream.core.ledger import Ledger, cumulative_bytes, params_multiplier
+from stream.core.ledger import Ledger, Sharing, cumulative_bytes, params_multiplier
 from stream.core.rundir import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE, VERSIONS_FILE
 from stream.core.scenario import ArrivalBuilder, resolve_order
 from stream.core.store import ArtifactKey, ArtifactStore

@@ -33,10 +33,11 @@ import numpy as np
 import torch
 
 from methods.core.backbone import Backbone, load_backbone
-from methods.core.base import Method, Sharing, build_method
+from methods.core.base import Method, build_method
 from methods.core.patches import ServingPatch
 from methods.core.task_model import TaskModel
 from stream.core.errors import ArtifactError, ConfigError, DataError, RunDirectoryError
+from stream.core.ledger import Sharing
 from stream.core.rundir import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE
 from stream.core.scenario import Budget
 from stream.core.store import ArtifactKey, ArtifactStore, LoadedArtifact

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    from stream.core.ledger import read_ledger
     from stream.core.scenario import Budget
     from stream.engine.config import MethodSpec, RunConfig
     from stream.engine.runner import run_stream
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                        device="cpu")
     started = time.perf_counter()
     summary = run_stream(config, args.run_dir, progress=False)
-    rows = [json.loads(line) for line in summary.ledger_path.read_text().splitlines()]
+    rows = read_ledger(summary.run_dir)
 
     table = []
     for spec in config.methods:

@@ -71,6 +71,7 @@ def parse_args() -> argparse.Namespace:
 def run(args: argparse.Namespace, run_dir: Path) -> list[dict]:
     import torch
 
+    from stream.core.ledger import read_ledger
     from stream.core.scenario import Budget
     from stream.engine.config import MethodSpec, RunConfig
     from stream.engine.runner import run_stream
@@ -88,8 +89,7 @@ def run(args: argparse.Namespace, run_dir: Path) -> list[dict]:
     run_stream(config, run_dir, progress=False)
     print(f"[run took {time.perf_counter() - started:.0f}s]")
     results = []
-    for line in (run_dir / "ledger.jsonl").read_text().splitlines():
-        row = json.loads(line)
+    for row in read_ledger(run_dir):
         sidecar = json.loads((run_dir / row["artifact_path"]).with_suffix(".json").read_text())
         results.append({
             "config": row["method"], "dev": row["dev_score"], "test": row["score"],

@@ -115,10 +115,11 @@ def instrument() -> None:
 
 def ledger_phases(run_dir: Path) -> dict[str, float]:
     """Sum of the ledger's per-step seconds over every (method, step) of the run."""
+    from stream.core.ledger import read_ledger
+
     totals: dict[str, float] = defaultdict(float)
     seen = set()
-    for line in (run_dir / "ledger.jsonl").read_text().splitlines():
-        row = json.loads(line)
+    for row in read_ledger(run_dir):
         key = (row["method"], row["step"])
         if key in seen:
             continue

@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from stream.core.errors import ArtifactError, RunDirectoryError
+from stream.core.ledger import ROW_FIELDS, SCHEMA_VERSION
+from stream.core.rundir import LEDGER_FILE
 from stream.core.scenario import Budget
 from stream.engine.config import MethodSpec, RunConfig
 from stream.engine.runner import run_stream
@@ -50,6 +52,9 @@ def test_ledger_has_one_row_per_method_step_and_seen_task(tiny_model_dir, glue_d
     assert full[-1]["total_params_multiplier"] == pytest.approx(3.0, rel=0.01)
     assert json.loads((tmp_path / "versions.json").read_text())["torch"]
     assert json.loads((tmp_path / "config.json").read_text())["tasks"] == ["sst2", "rte", "stsb"]
+    written = json.loads((tmp_path / LEDGER_FILE).read_text().splitlines()[0])
+    assert set(written) == set(ROW_FIELDS), "the ledger module's ROW_FIELDS documents every field the runner writes"
+    assert written["schema_version"] == SCHEMA_VERSION
 
 
 _CHILD = """

@@ -37,7 +37,7 @@ from methods.core.base import Method, build_method
 from methods.core.patches import ServingPatch
 from methods.core.task_model import TaskModel
 from stream.core.errors import ArtifactError, ConfigError, DataError, RunDirectoryError
-from stream.core.ledger import Sharing
+from stream.core.ledger import Sharing, read_ledger
 from stream.core.rundir import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE
 from stream.core.scenario import Budget
 from stream.core.store import ArtifactKey, ArtifactStore, LoadedArtifact
@@ -106,26 +106,10 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _complete_rows(run_dir: Path) -> list[dict]:
-    """The ledger's rows of completed steps, read without touching the file (a killed run may leave a torn
-    last line or a partial step; those are left out, as the run itself would redo them)."""
-    rows = []
-    for line in (run_dir / LEDGER_FILE).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    counts: dict[tuple[str, int], int] = {}
-    for row in rows:
-        counts[(row["method"], row["step"])] = counts.get((row["method"], row["step"]), 0) + 1
-    return [r for r in rows if counts[(r["method"], r["step"])] == r["rows_in_step"]]
-
-
 def served_tasks(run_dir: Path) -> dict[tuple[str, str], ServedTask]:
     """Every (method label, task) a finished (or partly finished) run can serve, from its ledger."""
     steps: dict[str, dict[int, dict]] = {}
-    for row in _complete_rows(run_dir):
+    for row in read_ledger(run_dir):
         steps.setdefault(row["method"], {})[row["step"]] = row
     served = {}
     for label, by_step in steps.items():

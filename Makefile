@@ -23,6 +23,7 @@ run: setup
 	$(VENV)/bin/taskstream run --run-dir $(RUN_DIR) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 test: setup
+	$(VENV)/bin/lint-imports
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:

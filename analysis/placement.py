@@ -3,7 +3,7 @@
 The contract (what a method records, read here from the artifact sidecars)
 -------------------------------------------------------------------------
 A method whose task piece changes a subset of the pretrained weights (diff pruning, masking, ...) puts
-into its :class:`~methods.base.ArtifactPayload` ``meta``::
+into its :class:`~stream.core.store.ArtifactPayload` ``meta``::
 
     meta["placement"] = {"<parameter name>": [changed, total], ...}
 

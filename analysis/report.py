@@ -10,6 +10,7 @@ import pandas as pd
 from analysis.plots import plot_average_score, plot_score_vs_storage, plot_storage, save_figure
 from analysis.tables import (accuracy_matrix, curves, final_table, human_bytes, load_ledger, phase_seconds,
                              task_columns)
+from stream.core.rundir import CONFIG_FILE
 
 FIGURES_DIR = "figures"
 REPORT_FILE = "report.md"
@@ -67,7 +68,7 @@ def write_run_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     table = load_ledger(run_dir)
     figures = write_run_figures(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
+    config = json.loads((run_dir / CONFIG_FILE).read_text())
     order = table.drop_duplicates("step").sort_values("step")["task"].tolist()
     lines = [
         f"# taskstream run: {run_dir.name}", "",

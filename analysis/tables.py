@@ -2,7 +2,7 @@
 
 The ledger has one row per (method, step, evaluated task). From it:
 
-- :func:`load_ledger` — the tidy table itself (one row per ledger line, metrics flattened), from run
+- :func:`load_ledger` — the tidy table itself (one row per ledger row of a complete step, metrics flattened), from run
   directories and study directories alike, with each run's axes (seed, order, budget, setting);
 - :func:`curves` — one row per (run, method, step): average score over the tasks seen, storage, multiplier;
 - :func:`final_table` — one row per (run, method): final score per task, GLUE-style average, bytes, params;
@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-LEDGER_FILE = "ledger.jsonl"
-CONFIG_FILE = "config.json"
-STUDY_FILE = "study.json"  # the study record written by stream.study (read here as plain JSON)
+from stream.core.ledger import read_ledger
+from stream.core.rundir import CONFIG_FILE, LEDGER_FILE
+
+STUDY_FILE = "study.json"  # the study record written by stream.engine.study (read here as plain JSON)
 DEFAULT_BUDGET = "default"
 # Columns describing a run (or a method within it) that load_ledger adds to every ledger row.
 RUN_COLUMNS = ["run_id", "study", "order", "order_id", "budget", "setting"]
@@ -39,22 +40,6 @@ CONFIGURATION = ["method", "budget"]
 _CARRIED = ["method_name", "setting", "sharing", "backbone_bytes", "backbone_params"]
 # Everything that describes a (run, method) beyond its key.
 _RUN_META = list(dict.fromkeys(["seed", *RUN_COLUMNS, *_CARRIED]))
-
-
-def read_ledger_rows(run_dir: str | Path) -> list[dict]:
-    """The ledger rows of a run directory (an empty list when nothing was recorded yet)."""
-    path = Path(run_dir) / LEDGER_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a taskstream run directory "
-                                "(run `taskstream run --run-dir DIR` first).")
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a torn last line of a killed run; the run itself repairs it on resume
-    return rows
 
 
 def is_study_dir(path: str | Path) -> bool:
@@ -111,7 +96,7 @@ def load_ledger(run_dirs: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     budgets = _budget_labels(entries, configs)
     frames = []
     for (run_dir, record), config, budget in zip(entries, configs, budgets):
-        rows = read_ledger_rows(run_dir)
+        rows = read_ledger(run_dir)
         if not rows:
             continue
         for row in rows:

@@ -56,9 +56,10 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from stream.config import MethodSpec, RunConfig
-    from stream.runner import run_stream
-    from stream.scenario import Budget
+    from stream.core.ledger import read_ledger
+    from stream.core.scenario import Budget
+    from stream.engine.config import MethodSpec, RunConfig
+    from stream.engine.runner import run_stream
 
     torch.set_num_threads(args.threads)
     budget = Budget(max_train_examples=args.n_train, epochs=args.epochs, batch_size=args.batch_size,
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                        device="cpu")
     started = time.perf_counter()
     summary = run_stream(config, args.run_dir, progress=False)
-    rows = [json.loads(line) for line in summary.ledger_path.read_text().splitlines()]
+    rows = read_ledger(summary.run_dir)
 
     table = []
     for spec in config.methods:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench_setup import write_results  # first: offline Hugging Face defaults, this checkout on sys.path
 
-from methods.codecs import (VALUE_DTYPES, pack_masks, positions_lower_bound_bits,  # noqa: E402
+from methods.core.codecs import (VALUE_DTYPES, pack_masks, positions_lower_bound_bits,  # noqa: E402
                             unpack_masks)
 from safetensors.torch import load_file  # noqa: E402
 import torch  # noqa: E402

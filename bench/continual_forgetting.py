@@ -58,8 +58,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from analysis.tables import accuracy_matrix, load_ledger
-    from stream.config import RunConfig
-    from stream.runner import run_stream
+    from stream.engine.config import RunConfig
+    from stream.engine.runner import run_stream
 
     config = RunConfig.from_dict({
         "tasks": args.tasks, "methods": args.methods, "data_dir": str(args.data_dir) if args.data_dir else None,

@@ -8,7 +8,7 @@ normalises the penalty and every log-alpha without task signal falls by about ``
 lambda; lambda then only weighs the penalty against the task's gradient. This sweep measures which
 regime gives a good sparse model within the budgets a stream gives one task (tens of steps).
 
-What: for each configuration, the real arrival loop (:func:`stream.runner.run_stream`) trains diff
+What: for each configuration, the real arrival loop (:func:`stream.engine.runner.run_stream`) trains diff
 pruning on a real GLUE task, writes the artifact, rebuilds the model from it and scores the test split
 (GLUE validation). Reported per configuration: the stage-1 density (nonzero fraction of the effective
 diff under the deterministic gate, before projection), the expected density sum P(z != 0) / N, the dev
@@ -41,9 +41,10 @@ from bench_setup import default_glue_dir, write_results  # first: offline HF def
 
 import torch  # noqa: E402
 
-from stream.config import MethodSpec, RunConfig  # noqa: E402
-from stream.runner import run_stream  # noqa: E402
-from stream.scenario import Budget  # noqa: E402
+from stream.core.ledger import read_ledger  # noqa: E402
+from stream.core.scenario import Budget  # noqa: E402
+from stream.engine.config import MethodSpec, RunConfig  # noqa: E402
+from stream.engine.runner import run_stream  # noqa: E402
 
 PAPER = {"l0_penalty": 1.25e-7, "alpha_eps": 1e-8, "alpha_learning_rate": 0.1, "learning_rate": 1e-5,
          "finetune_learning_rate": 5e-5, "head_learning_rate": 1e-3}
@@ -72,7 +73,7 @@ TASK_BUDGETS = {"sst2": {"max_seq_length": 64}, "rte": {"max_seq_length": 128}}
 
 def summarise(run_dir: Path, task: str, labels: dict[str, str]) -> list[dict]:
     """One row per configuration from the run's ledger and artifact sidecars."""
-    rows = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    rows = read_ledger(run_dir)
     out = []
     for label, config in labels.items():
         row = next(r for r in rows if r["method"] == label and r["eval_task"] == task)

@@ -2,12 +2,12 @@
 
 Same model, same rows, same batch size, same optimizer:
 
-- **taskstream**: :func:`methods.training.fit` (the shared loop every method trains through) on a
-  :class:`~methods.task_model.TaskModel` (a fresh copy of the backbone's encoder plus a seeded head), with the
+- **taskstream**: :func:`methods.core.training.fit` (the shared loop every method trains through) on a
+  :class:`~methods.core.task_model.TaskModel` (a fresh copy of the backbone's encoder plus a seeded head), with the
   parameter groups full finetuning uses; its protocol (linear warm-up/decay schedule, gradient clipping to 1.0,
   dev-score model selection) included. The dev split is one row, so model selection costs nothing here.
 - **avalanche**: ``avalanche.training.Naive``, unmodified, on the same scenario exported with
-  :func:`stream.avalanche_bridge.to_avalanche` (the rows taskstream trains on), its model from
+  :func:`stream.engine.avalanche_bridge.to_avalanche` (the rows taskstream trains on), its model from
   ``AvalancheStream.multi_head_model()`` (the same encoder copy and head, behind Avalanche's multi-task
   module), ``MultiTaskCriterion``, ``train_mb_size`` = the batch size, no evaluation during training. Stock
   Naive rebuilds its optimizer's single parameter group from the model, so it gets one group.
@@ -38,8 +38,8 @@ from bench_setup import default_glue_dir, write_results  # first: offline HF def
 
 import torch  # noqa: E402
 
-from stream.config import RunConfig  # noqa: E402
-from stream.scenario import Budget  # noqa: E402
+from stream.engine.config import RunConfig  # noqa: E402
+from stream.core.scenario import Budget  # noqa: E402
 
 LOOPS = ("taskstream", "avalanche")
 LEARNING_RATE, WEIGHT_DECAY = 5e-5, 0.01
@@ -51,10 +51,10 @@ def _clock() -> tuple[float, float]:
 
 def build(args):
     """The backbone, the task's arrival (taskstream's rows) and the same scenario exported to Avalanche."""
-    from methods.backbone import load_backbone
-    from stream.avalanche_bridge import stream_from_builder
-    from stream.runner import resolve_tasks
-    from stream.scenario import ArrivalBuilder
+    from methods.core.backbone import load_backbone
+    from stream.core.scenario import ArrivalBuilder
+    from stream.engine.avalanche_bridge import stream_from_builder
+    from stream.engine.config import resolve_tasks
 
     budget = Budget(max_train_examples=args.examples, epochs=args.epochs, batch_size=args.batch_size,
                     max_seq_length=args.seq_len, max_dev_examples=1, max_eval_examples=1)
@@ -70,9 +70,9 @@ def build(args):
 
 
 def run_taskstream(backbone, arrival, args) -> dict:
+    from methods.core.task_model import TaskHead, TaskModel
+    from methods.core.training import decay_groups, fit
     from methods.full import FullConfig
-    from methods.task_model import TaskHead, TaskModel
-    from methods.training import decay_groups, fit
 
     torch.manual_seed(args.seed)
     encoder = backbone.fresh_encoder().requires_grad_(True)
@@ -94,7 +94,7 @@ def run_avalanche(backbone, stream, args) -> dict:
     from avalanche.training import Naive
     from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
 
-    from stream.avalanche_bridge import MultiTaskCriterion
+    from methods.core.multitask import MultiTaskCriterion
 
     class EpochClock(SupervisedPlugin):
         def __init__(self) -> None:
@@ -196,7 +196,7 @@ def markdown(summary: dict, results: list[dict], info: dict) -> str:
              f"{info['threads']} torch thread(s); {info['rounds']} rounds, each loop in its own forked child, "
              f"alternating; {info['epochs']} epochs of {summary['taskstream']['steps'] // info['epochs']} steps per "
              "child. Same backbone copy and head initialisation, same rows (exported with "
-             "`stream.avalanche_bridge`), fused AdamW in both. taskstream's loop also does its protocol's "
+             "`stream.engine.avalanche_bridge`), fused AdamW in both. taskstream's loop also does its protocol's "
              "linear schedule, gradient clipping and dev-score selection (1 dev row here); stock Naive does "
              "none of these.", "",
              "| measure | taskstream | avalanche Naive | taskstream / avalanche |", "|---|---:|---:|---:|"]
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     backbone, arrival, stream = build(args)
-    from stream.runner import package_versions
+    from stream.engine.runner import package_versions
 
     info = {"command": " ".join(["python", "bench/loop_overhead.py", *(argv if argv is not None else sys.argv[1:])]),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info()["cpu"],

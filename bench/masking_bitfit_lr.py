@@ -9,7 +9,7 @@ budget, side by side in one run, and measures what each method's per-task file c
 What it measures
 ----------------
 Each configuration is one method spec (``name:key=value:...``, as on the taskstream command line), run as a
-one-task stream through ``stream.runner.run_stream``: the same train/dev rows for every configuration, model
+one-task stream through ``stream.engine.runner.run_stream``: the same train/dev rows for every configuration, model
 selection on the dev split carved from train, the score on the GLUE validation split (the test set) from the
 model rebuilt from the artifact file. For each: dev and test score, optimizer steps and seconds per step, the
 artifact's bytes on disk (tensor file + sidecar), its tensor payload, the lower bound the method reports, the
@@ -71,9 +71,10 @@ def parse_args() -> argparse.Namespace:
 def run(args: argparse.Namespace, run_dir: Path) -> list[dict]:
     import torch
 
-    from stream.config import MethodSpec, RunConfig
-    from stream.runner import run_stream
-    from stream.scenario import Budget
+    from stream.core.ledger import read_ledger
+    from stream.core.scenario import Budget
+    from stream.engine.config import MethodSpec, RunConfig
+    from stream.engine.runner import run_stream
 
     torch.set_num_threads(args.threads)
     steps_per_epoch = -(-args.n_train // args.batch_size)
@@ -88,8 +89,7 @@ def run(args: argparse.Namespace, run_dir: Path) -> list[dict]:
     run_stream(config, run_dir, progress=False)
     print(f"[run took {time.perf_counter() - started:.0f}s]")
     results = []
-    for line in (run_dir / "ledger.jsonl").read_text().splitlines():
-        row = json.loads(line)
+    for row in read_ledger(run_dir):
         sidecar = json.loads((run_dir / row["artifact_path"]).with_suffix(".json").read_text())
         results.append({
             "config": row["method"], "dev": row["dev_score"], "test": row["score"],

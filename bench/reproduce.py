@@ -56,7 +56,7 @@ def run_sweep(args) -> dict:
 
     Not its CPU time: the runs execute in forkserver workers, grandchildren this process never waits for,
     so ``RUSAGE_CHILDREN`` would not count them."""
-    command = [sys.executable, "-m", "stream.cli", "sweep", str(args.spec), "--study-dir", str(args.study_dir),
+    command = [sys.executable, "-m", "stream.engine.cli", "sweep", str(args.spec), "--study-dir", str(args.study_dir),
                "--workers", str(args.workers), "--threads", str(args.threads), "--no-report"]
     if args.data_dir is not None:
         command += ["--data-dir", str(args.data_dir)]

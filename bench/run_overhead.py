@@ -1,6 +1,6 @@
 """Where a default ``taskstream run`` spends its time: training and evaluation vs everything else.
 
-Runs the real command line, ``taskstream run`` (``stream.cli.main``), in this process with the default
+Runs the real command line, ``taskstream run`` (``stream.engine.cli.main``), in this process with the default
 config (or the flags given after ``--``), and times, wall and CPU:
 
 - process start-up: the interpreter's start to this script's first line (from ``/proc/self/stat``), then
@@ -79,15 +79,15 @@ def instrument() -> None:
     import transformers  # noqa: F401
 
     import analysis.report
-    import methods.base
+    import methods.core.base
     import methods.full  # noqa: F401
     import methods.last_layer  # noqa: F401
-    import stream.cli
-    import stream.runner as runner
-    from methods.backbone import Backbone
-    from stream.ledger import Ledger
-    from stream.scenario import ArrivalBuilder
-    from stream.store import ArtifactStore
+    import stream.engine.cli
+    import stream.engine.runner as runner
+    from methods.core.backbone import Backbone
+    from stream.core.ledger import Ledger
+    from stream.core.scenario import ArrivalBuilder
+    from stream.core.store import ArtifactStore
 
     end = _clock()
     TIMES["imports"] = [end[0] - start[0], end[1] - start[1], 1]
@@ -102,7 +102,7 @@ def instrument() -> None:
     patch(Ledger, "append_step", "step: ledger append")
     patch(runner, "evaluate", "evaluation: evaluate")
     patch(analysis.report, "write_run_report", "end: figures and report")
-    patch(stream.cli, "_print_summary", "end: printed summary")
+    patch(stream.engine.cli, "_print_summary", "end: printed summary")
     original_build = runner.build_method
 
     def build_method(*args, **kwargs):
@@ -115,10 +115,11 @@ def instrument() -> None:
 
 def ledger_phases(run_dir: Path) -> dict[str, float]:
     """Sum of the ledger's per-step seconds over every (method, step) of the run."""
+    from stream.core.ledger import read_ledger
+
     totals: dict[str, float] = defaultdict(float)
     seen = set()
-    for line in (run_dir / "ledger.jsonl").read_text().splitlines():
-        row = json.loads(line)
+    for row in read_ledger(run_dir):
         key = (row["method"], row["step"])
         if key in seen:
             continue
@@ -185,8 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from bench.step_cost import load_average, machine_info
-    from stream.cli import main as cli_main
-    from stream.runner import package_versions
+    from stream.engine.cli import main as cli_main
+    from stream.engine.runner import package_versions
 
     torch.set_num_threads(args.threads)
     run_dir = Path(run_args[run_args.index("--run-dir") + 1]) if "--run-dir" in run_args else Path("runs/default")

@@ -13,8 +13,8 @@ What it measures, in ONE run on the same batches (real all-MiniLM-L6-v2 and real
 How: the backbone and batches are built once, then every method runs in its own forked child process
 (fork shares the loaded backbone and data, and gives each method a fresh RSS high-water mark). The child
 builds the method, replaces its ``fit`` (the funnel every method's training goes through,
-:meth:`methods.base.Method.fit`) with a wrapper that runs the real shared loop,
-:func:`methods.training.fit`, for exactly warm-up + timed steps on the bench batches (a 2-row dev split,
+:meth:`methods.core.base.Method.fit`) with a wrapper that runs the real shared loop,
+:func:`methods.core.training.fit`, for exactly warm-up + timed steps on the bench batches (a 2-row dev split,
 evaluated only at the start and end) and timestamps each step from the loop's ``after_step`` hook; at
 each stage start it resets the kernel's peak-RSS counter (``/proc/self/clear_refs``, Linux). So each
 method is measured with exactly the model, parameter groups, extra loss and hooks it trains with, without
@@ -65,13 +65,14 @@ from bench_setup import REPO, default_glue_dir, write_results  # first: offline 
 
 import torch  # noqa: E402
 
-from methods.base import Method, Sharing, build_method, registered_methods  # noqa: E402
-from methods.training import evaluate  # noqa: E402
-from stream.config import MethodSpec  # noqa: E402
-from stream.scenario import Arrival, Budget  # noqa: E402
-from stream.store import ArtifactKey, ArtifactStore  # noqa: E402
-from stream.tasks import get_task  # noqa: E402
-from stream.tokenization import TokenizedSplit  # noqa: E402
+from methods.core.base import Method, build_method, registered_methods  # noqa: E402
+from methods.core.training import evaluate  # noqa: E402
+from stream.core.ledger import Sharing  # noqa: E402
+from stream.core.scenario import Arrival, Budget  # noqa: E402
+from stream.core.store import ArtifactKey, ArtifactStore  # noqa: E402
+from stream.core.tasks import get_task  # noqa: E402
+from stream.core.tokenization import TokenizedSplit  # noqa: E402
+from stream.engine.config import MethodSpec  # noqa: E402
 
 REFERENCE = "full"
 # The task of the untimed first arrival that evolving methods continue from (any task other than rte).
@@ -154,7 +155,7 @@ def build_splits(backbone, args) -> tuple[TokenizedSplit, TokenizedSplit, Tokeni
 
 
 def load_bench_backbone(args):
-    from methods.backbone import backbone_from_module, load_backbone
+    from methods.core.backbone import backbone_from_module, load_backbone
 
     if not args.tiny:
         return load_backbone(args.backbone, device="cpu")
@@ -463,7 +464,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"[round {round_ + 1}/{args.rounds}] {spec.resolved_label} ...", flush=True)
             rounds[spec.resolved_label].append(run_in_child(spec, backbone, arrival, args))
     results = with_ratios([merge_rounds(r) for r in rounds.values()])
-    from stream.runner import package_versions
+    from stream.engine.runner import package_versions
 
     info.update(load_after=load_average(), versions={k: v for k, v in package_versions().items()
                                                      if k in ("python", "torch", "transformers", "taskstream")})

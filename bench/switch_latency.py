@@ -57,10 +57,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def make_run(args: argparse.Namespace) -> None:
-    from stream.config import RunConfig
-    from stream.runner import run_stream
+    from stream.core.rundir import LEDGER_FILE
+    from stream.engine.config import RunConfig
+    from stream.engine.runner import run_stream
 
-    if (args.run_dir / "ledger.jsonl").exists():
+    if (args.run_dir / LEDGER_FILE).exists():
         return
     if args.data_dir is None:
         raise SystemExit(f"{args.run_dir} has no run yet; pass --data-dir to make it.")
@@ -80,7 +81,7 @@ def full_copy_loaders(bank, label: str) -> dict:
     checked, as every taskstream read is), ``unchecked`` maps the tensor file with safetensors, no checks."""
     from safetensors.torch import load_file
 
-    from methods.task_model import load_head
+    from methods.core.task_model import load_head
 
     encoder = bank.backbone.fresh_encoder()
 
@@ -172,10 +173,11 @@ def timed_rounds(bank, baselines: dict, full: str, rounds: int, seed: int) -> di
 
 def report(args, bank, full: str, rows: dict, in_place: dict, cold: dict, exact: dict) -> tuple[dict, str]:
     """The JSON record and the markdown text."""
-    from stream.runner import package_versions
+    from stream.core.ledger import read_ledger
+    from stream.engine.runner import package_versions
 
     sizes: dict[str, dict[str, int]] = {}
-    for row in (json.loads(line) for line in (args.run_dir / "ledger.jsonl").read_text().splitlines()):
+    for row in read_ledger(args.run_dir):
         sizes.setdefault(row["method"], {})[row["task"]] = row["artifact_bytes"]
     checked, unchecked = rows["full copy, store read"]["median_ms"], rows["full copy, unchecked read"]["median_ms"]
     results = [{"method": label, "switch": "in-place patch" if in_place[label] else "reload (Method.load)",
@@ -229,7 +231,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from stream.serving import TaskBank
+    from stream.engine.serving import TaskBank
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)

@@ -38,19 +38,19 @@ from avalanche.training.utils import ParamData
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from methods.base import ArtifactPayload, TrainedTask
-from methods.continual import (ENCODER_PREFIX, HEADS_PREFIX, heads_meta, load_encoder, load_task_head,
-                               tuned_encoder_names)
-from methods.training import FitResult, autocast, decay_groups, evaluate, linear_schedule
-from stream.avalanche_bridge import (MultiHeadEncoder, MultiTaskCriterion, TokenCollator, collator_for,
-                                     single_experience, task_dataset)
-from stream.errors import ArtifactError
-from stream.tokenization import TokenizedSplit
+from methods.core.base import Method, TrainedTask
+from methods.core.evolving import (ENCODER_PREFIX, HEADS_PREFIX, heads_meta, load_encoder, load_task_head,
+                                   tuned_encoder_names)
+from methods.core.multitask import (MultiHeadEncoder, MultiTaskCriterion, TokenCollator, collator_for,
+                                    single_experience, task_dataset)
+from methods.core.training import FitResult, autocast, decay_groups, evaluate, linear_schedule
+from stream.core.errors import ArtifactError
+from stream.core.store import ArtifactPayload
+from stream.core.tokenization import TokenizedSplit
 
 if TYPE_CHECKING:
-    from methods.continual import ContinualMethod
-    from stream.scenario import Arrival
-    from stream.store import LoadedArtifact
+    from stream.core.scenario import Arrival
+    from stream.core.store import LoadedArtifact
 
 
 class FitControl(SupervisedPlugin):
@@ -59,7 +59,7 @@ class FitControl(SupervisedPlugin):
     Linear warm-up and decay of the learning rate per optimizer step, gradient clipping, and a stop after
     the budget's steps. The arriving task's dev score is measured at the end (the fit record's score), and,
     with ``select=True``, also every ``interval`` steps, the trained state with the best score being
-    restored when the experience ends (as :func:`methods.training.fit` selects: among trained states only).
+    restored when the experience ends (as :func:`methods.core.training.fit` selects: among trained states only).
     It must be the strategy's first plugin: its ``after_training_exp`` restores the selected state before
     EWC computes importances from it or Replay samples its buffer.
     """
@@ -339,7 +339,7 @@ STRATEGIES: dict[str, type[_ArrivalStrategy]] = {
 }
 
 
-def _check_previous(method: ContinualMethod, previous: LoadedArtifact, arrival: Arrival) -> list[dict]:
+def _check_previous(method: Method, previous: LoadedArtifact, arrival: Arrival) -> list[dict]:
     meta = previous.meta
     for key, expected in (("strategy", method.strategy), ("tuned_blocks", method.config.tuned_blocks)):
         if meta.get(key) != expected:
@@ -389,7 +389,7 @@ class PreparedArrival:
         return self.strategy.model
 
 
-def prepare_arrival(method: ContinualMethod, arrival: Arrival, previous: LoadedArtifact | None, *,
+def prepare_arrival(method: Method, arrival: Arrival, previous: LoadedArtifact | None, *,
                     progress: bool = False) -> PreparedArrival:
     """Rebuild the model and the strategy's state from ``previous`` and set up training on ``arrival``."""
     config, backbone, task = method.config, method.backbone, arrival.task
@@ -442,9 +442,13 @@ def prepare_arrival(method: ContinualMethod, arrival: Arrival, previous: LoadedA
                            records=records + [record], tuned=tuned, collator=collator)
 
 
-def train_arrival(method: ContinualMethod, arrival: Arrival, previous: LoadedArtifact | None, *,
+def train_arrival(method: Method, arrival: Arrival, previous: LoadedArtifact | None, *,
                   progress: bool = False) -> TrainedTask:
-    """Train ``method``'s Avalanche strategy on one arrival, continuing from ``previous`` (see module doc)."""
+    """Train ``method``'s Avalanche strategy on one arrival, continuing from ``previous`` (see module doc).
+
+    ``method`` is one of :mod:`methods.continual`'s methods: its ``strategy`` names the Avalanche strategy and
+    its config is a ``ContinualConfig`` (or a subclass with the strategy's own options).
+    """
     start = time.perf_counter()
     prepared = prepare_arrival(method, arrival, previous, progress=progress)
     strategy, model = prepared.strategy, prepared.model

@@ -23,11 +23,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
-from methods.patches import AssignValues, ServingPatch
-from methods.task_model import TaskModel, head_state, load_head
-from methods.training import decay_groups
-from stream.errors import ArtifactError
+from methods.core.base import Method, TrainedTask, register_method
+from methods.core.config import MethodConfig
+from methods.core.patches import AssignValues, ServingPatch
+from methods.core.task_model import TaskModel, head_state, load_head
+from methods.core.training import decay_groups
+from stream.core.errors import ArtifactError
+from stream.core.ledger import Sharing
+from stream.core.store import ArtifactPayload
 
 BIAS_KEY = "bias.values"
 

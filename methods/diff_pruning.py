@@ -1,7 +1,7 @@
 """Diff pruning (Guo, Rush & Kim 2021): each task stores a sparse change to every backbone weight.
 
 The task model is ``theta_task = theta_backbone + z * w``: ``w`` is a dense diff (initialised to 0) and
-``z`` a hard-concrete gate per weight (:mod:`methods.hard_concrete`; stretch (-1.5, 1.5), no temperature,
+``z`` a hard-concrete gate per weight (:mod:`methods.core.hard_concrete`; stretch (-1.5, 1.5), no temperature,
 log-alpha initialised to 5). Every encoder parameter is gated, embeddings included. The task head is
 dense and task-owned. Training runs in three stages on one arrival:
 
@@ -25,7 +25,7 @@ dense and task-owned. Training runs in three stages on one arrival:
 Budget (``stage_budget``): by default each of stage 1 and stage 3 gets the arrival's whole budget, as the
 paper gives each a finetuning-length run, so a diff pruning task trains twice the steps of full
 finetuning (the ledger's training seconds show it); ``stage_budget="split"`` divides one budget between
-them by ``finetune_fraction``. Each stage runs the shared :func:`methods.training.fit` and restores its
+them by ``finetune_fraction``. Each stage runs the shared :func:`methods.core.training.fit` and restores its
 best dev-score state; in stage 1 only states after the density schedule reaches the target compete.
 
 Variants (``variant``; also registered under their own names):
@@ -46,7 +46,7 @@ Evaluation always uses the deterministic gate, never a sample. The model returne
 rebuilt from the artifact's tensors by the same code as :meth:`DiffPruningMethod.load`, so it predicts
 exactly what the stored file predicts (values stored in fp16/bf16 are rounded before that rebuild).
 
-Artifact: the k positions and values packed by :func:`methods.codecs.pack_sparse_tensors` (one position
+Artifact: the k positions and values packed by :func:`methods.core.codecs.pack_sparse_tensors` (one position
 payload and one value tensor for all ~100 weight tensors, each tensor in its cheapest position code),
 plus the dense head. ``new_params`` is k + the head's parameters. ``lower_bound_bits`` is
 ``log2 C(N, k)`` for the positions plus k values at the stored precision plus the head's dense bits. The
@@ -60,7 +60,7 @@ the threshold). :mod:`analysis.diff_stages` turns these into tables and figures 
 
 Serving: :meth:`DiffPruningMethod.serving_patch` scatter-adds the k stored values into a live shared
 encoder's flat weights in place and, on revert, assigns the k overwritten weights back, so a server switches
-tasks at the cost of k entries rather than a model copy (:mod:`stream.serving`).
+tasks at the cost of k entries rather than a model copy (:mod:`stream.engine.serving`).
 
 Defaults: learning rates are chosen per task on the dev split (a ``search`` in the method spec; the
 committed choices and the study behind them are in bench/results/). How the controller's defaults were
@@ -68,7 +68,7 @@ checked, and stage 1's density against the target per task: bench/results/diff_p
 
 Memory and speed (autograd throughout, no hand-written gradients, no per-parameter loops in the step):
 ``w`` and ``log_alpha`` are one flat (N,) tensor each; the task weights are built out of place from the
-shared backbone tensors with one multi-tensor add (:class:`~methods.flat_params.FlatLayout`) and run
+shared backbone tensors with one multi-tensor add (:class:`~methods.core.flat_params.FlatLayout`) and run
 through ``torch.func.functional_call``, so the backbone is never copied while training; a gate sample
 costs one (N,) allocation and autograd keeps two (N,) tensors for it; the fixed penalty's expected L0 is
 built before the encoder runs and checkpointed, so nothing (N,)-sized waits for its backward; the
@@ -79,7 +79,6 @@ bench/step_cost.py measures step time and peak memory against full finetuning.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Mapping
@@ -91,16 +90,18 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from methods.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
-from methods.codecs import (VALUE_DTYPES, pack_sparse_tensors, positions_lower_bound_bits,
-                            unpack_sparse_tensors)
-from methods.flat_params import FlatLayout, FunctionalEncoder
-from methods.hard_concrete import HardConcrete
-from methods.patches import AddAtPositions, ServingPatch
-from methods.task_model import HEAD_PREFIX, TaskModel, head_state, load_head
-from methods.training import SCHEDULES, FitResult, decay_groups, evaluate
-from stream.errors import ArtifactError, ConfigError
-from stream.validation import check_choice, check_real
+from methods.core.base import Method, TrainedTask, register_method
+from methods.core.codecs import VALUE_DTYPES, pack_sparse_tensors, positions_lower_bound_bits, unpack_sparse_tensors
+from methods.core.config import MethodConfig
+from methods.core.flat_params import FlatLayout, FunctionalEncoder
+from methods.core.hard_concrete import HardConcrete
+from methods.core.patches import AddAtPositions, ServingPatch
+from methods.core.task_model import HEAD_PREFIX, TaskModel, head_state, load_head
+from methods.core.training import SCHEDULES, FitResult, decay_groups, evaluate
+from stream.core.errors import ArtifactError, ConfigError
+from stream.core.ledger import Sharing
+from stream.core.store import ArtifactPayload
+from stream.core.validation import check_choice, check_real
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ class DiffPruningNonadaptiveConfig(DiffPruningConfig):
 class GatedDiff(nn.Module):
     """Stage 1 of the adaptive variants: ``delta = z * w``, times the tensor's group gate if structured.
 
-    Parameters (flat, in :class:`~methods.flat_params.FlatLayout` order): ``diff_w`` (N,),
+    Parameters (flat, in :class:`~methods.core.flat_params.FlatLayout` order): ``diff_w`` (N,),
     ``diff_log_alpha`` (N,) and, when structured, ``diff_group_log_alpha`` (G,), one gate per tensor.
     Calling it returns ``(delta (N,), group gates (G,) or None)``: sampled gates in training mode,
     deterministic ones in eval mode.
@@ -368,7 +369,7 @@ def effective_diff(source: nn.Module, layout: FlatLayout) -> torch.Tensor:
 class DiffEncoder(nn.Module):
     """The shared encoder run with weights ``backbone + source()``, computed out of place at each call.
 
-    In eval mode without autograd (how :func:`methods.training.evaluate` runs), the weights are built
+    In eval mode without autograd (how :func:`methods.core.training.evaluate` runs), the weights are built
     once and reused until the source's parameters change, so dev evaluation costs what a plain
     encoder costs.
     """
@@ -613,15 +614,12 @@ class DiffPruningMethod(Method):
 
         Returns the diff (N,), the finetuned head (stage 3 continues it), the FitResult and the summary.
         """
-        from methods.full import FullConfig, FullMethod
-
-        shared = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(MethodConfig)}
-        trained = FullMethod(FullConfig(**shared), self.backbone).train(arrival, progress=progress)
-        encoder = trained.model.encoder
+        model, fit = self.finetune_whole_model(arrival, progress=progress,
+                                               desc=f"{self.name} {arrival.step}:{arrival.task.name} dense")
         with torch.no_grad():
             effective = torch.cat([(param.detach().reshape(-1) - base)
-                                   for param, base in zip(encoder.parameters(), self.layout.flat_bases())])
-        return effective, trained.model.head, trained.fit, _stage_summary(trained.fit)
+                                   for param, base in zip(model.encoder.parameters(), self.layout.flat_bases())])
+        return effective, model.head, fit, _stage_summary(fit)
 
     def _project(self, effective: torch.Tensor, summary: dict[str, Any], label: str
                  ) -> tuple[torch.Tensor, torch.Tensor]:

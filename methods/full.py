@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
-from methods.task_model import TaskModel, head_state, load_head
-from methods.training import decay_groups
+from methods.core.base import Method, TrainedTask, register_method
+from methods.core.config import MethodConfig
+from methods.core.task_model import TaskModel, head_state, load_head
+from stream.core.ledger import Sharing
+from stream.core.store import ArtifactPayload
 
 ENCODER_PREFIX = "encoder."
 
@@ -38,14 +40,9 @@ class FullMethod(Method):
     sharing = Sharing.STANDALONE
 
     def train(self, arrival, *, previous=None, progress=False) -> TrainedTask:
-        encoder = self.backbone.fresh_encoder().requires_grad_(True)
-        head = self.task_head(arrival)
-        model = TaskModel(encoder, head, self.backbone.pooling)
-        groups = (decay_groups(encoder.named_parameters(), self.config.learning_rate, self.config.weight_decay)
-                  + decay_groups(head.named_parameters(), self.head_lr(), self.config.weight_decay))
-        result = self.fit(model, groups, arrival, progress=progress)
-        tensors = {ENCODER_PREFIX + name: p.detach().to("cpu").clone() for name, p in encoder.named_parameters()}
-        tensors.update(head_state(head))
+        model, result = self.finetune_whole_model(arrival, progress=progress)
+        tensors = {ENCODER_PREFIX + name: p.detach().to("cpu").clone() for name, p in model.encoder.named_parameters()}
+        tensors.update(head_state(model.head))
         new_params = sum(t.numel() for t in tensors.values())
         return TrainedTask(model=model, payload=ArtifactPayload(tensors=tensors, new_params=new_params), fit=result)
 

@@ -11,13 +11,16 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.backbone import transformer_blocks
-from methods.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
-from methods.patches import AssignValues, ServingPatch, parameter_names
-from methods.task_model import HEAD_PREFIX, TaskModel, head_state, load_head
-from methods.training import decay_groups
-from stream.errors import ArtifactError, ConfigError
-from stream.validation import check_int
+from methods.core.backbone import transformer_blocks
+from methods.core.base import Method, TrainedTask, register_method
+from methods.core.config import MethodConfig
+from methods.core.patches import AssignValues, ServingPatch, parameter_names
+from methods.core.task_model import HEAD_PREFIX, TaskModel, head_state, load_head
+from methods.core.training import decay_groups
+from stream.core.errors import ArtifactError, ConfigError
+from stream.core.ledger import Sharing
+from stream.core.store import ArtifactPayload
+from stream.core.validation import check_int
 
 BLOCK_PREFIX = "block."
 

@@ -4,7 +4,7 @@ Each targeted linear layer W (d_out x d_in) gains a trainable low-rank update: i
 ``W x + (alpha / rank) * B A dropout(x)`` with A (rank x d_in) and B (d_out x rank); B starts at zero,
 so the model starts as the backbone. peft injects the LoRA layers into a private copy of the encoder
 (``inject_adapter_in_model``): the encoder stays a plain transformers model, and the task head (1, 2 or 3
-outputs across GLUE) lives in :class:`~methods.task_model.TaskModel`, outside peft.
+outputs across GLUE) lives in :class:`~methods.core.task_model.TaskModel`, outside peft.
 
 Artifact: only the LoRA A/B tensors, as peft's ``get_peft_model_state_dict`` names them, under the
 ``lora.`` prefix, plus the head; the peft settings needed to rebuild go in the sidecar meta. Loading
@@ -25,13 +25,16 @@ import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from methods.backbone import transformer_blocks
-from methods.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
-from methods.patches import ServingPatch, SwapModules, shared_skeleton
-from methods.task_model import HEAD_PREFIX, TaskModel, head_state, load_head
-from methods.training import decay_groups
-from stream.errors import ArtifactError, ConfigError
-from stream.validation import check_int, check_real
+from methods.core.backbone import transformer_blocks
+from methods.core.base import Method, TrainedTask, register_method
+from methods.core.config import MethodConfig
+from methods.core.patches import ServingPatch, SwapModules, shared_skeleton
+from methods.core.task_model import HEAD_PREFIX, TaskModel, head_state, load_head
+from methods.core.training import decay_groups
+from stream.core.errors import ArtifactError, ConfigError
+from stream.core.ledger import Sharing
+from stream.core.store import ArtifactPayload
+from stream.core.validation import check_int, check_real
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ The head
     (STS-B); a warning says so.
 
 Artifact
-    The masks packed with :func:`methods.codecs.pack_masks` into ``mask.positions`` (the default,
+    The masks packed with :func:`methods.core.codecs.pack_masks` into ``mask.positions`` (the default,
     ``entropy_coded=True``: the positions of each mask's minority symbol, each mask in its cheapest
     position code, near ``numel * H2(density)`` bits) or, with ``entropy_coded=False``, ``mask.bits`` (the
     paper's 1 bit per covered weight), plus ``head.*`` for a trained head. Entropy coding is the default
@@ -63,14 +63,17 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from methods.backbone import transformer_blocks
-from methods.base import ArtifactPayload, Method, MethodConfig, Sharing, TrainedTask, register_method
-from methods.codecs import mask_lower_bound_bits, pack_masks, unpack_masks
-from methods.patches import ServingPatch, ZeroAtPositions, parameter_names
-from methods.task_model import TaskHead, TaskModel, head_state, load_head
-from methods.training import decay_groups
-from stream.errors import ArtifactError, ConfigError
-from stream.validation import check_choice, check_int, check_real
+from methods.core.backbone import transformer_blocks
+from methods.core.base import Method, TrainedTask, register_method
+from methods.core.codecs import mask_lower_bound_bits, pack_masks, unpack_masks
+from methods.core.config import MethodConfig
+from methods.core.patches import ServingPatch, ZeroAtPositions, parameter_names
+from methods.core.task_model import TaskHead, TaskModel, head_state, load_head
+from methods.core.training import decay_groups
+from stream.core.errors import ArtifactError, ConfigError
+from stream.core.ledger import Sharing
+from stream.core.store import ArtifactPayload
+from stream.core.validation import check_choice, check_int, check_real
 
 logger = logging.getLogger(__name__)
 

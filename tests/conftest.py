@@ -99,7 +99,7 @@ def glue_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def tiny_backbone(tiny_model_dir):
-    from methods.backbone import load_backbone
+    from methods.core.backbone import load_backbone
 
     return load_backbone(str(tiny_model_dir), device="cpu")
 

@@ -29,8 +29,8 @@ METHODS = ("full", "last_layer", "linear_probe", "adapters", "bitfit", "lora", "
 
 def golden_config(data_dir: Path = SHARED_GLUE):
     """The golden stream: two real GLUE tasks (a single sentence and a regression pair), a few steps each."""
-    from stream.config import MethodSpec, RunConfig
-    from stream.scenario import Budget
+    from stream.core.scenario import Budget
+    from stream.engine.config import MethodSpec, RunConfig
 
     budget = Budget(max_train_examples=24, max_steps=3, batch_size=8, max_seq_length=32, max_dev_examples=16,
                     max_eval_examples=32, dev_evaluations=3)
@@ -40,7 +40,7 @@ def golden_config(data_dir: Path = SHARED_GLUE):
 
 def run_golden(run_dir: Path, data_dir: Path = SHARED_GLUE) -> dict[str, dict]:
     """Run the golden stream into ``run_dir``: ``{"method/task": {"score": ..., "sha256": ...}}``."""
-    from stream.runner import run_stream
+    from stream.engine.runner import run_stream
 
     run_stream(golden_config(data_dir), run_dir, progress=False)
     results = {}

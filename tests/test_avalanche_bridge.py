@@ -25,13 +25,14 @@ from avalanche.evaluation.metrics.acc_matrix import accuracy_matrix_metrics  # n
 from avalanche.training import EWC, Naive  # noqa: E402
 from avalanche.training.plugins import EvaluationPlugin  # noqa: E402
 
-from methods.training import evaluate  # noqa: E402
-from stream import avalanche_log  # noqa: E402
-from stream.avalanche_bridge import MultiTaskCriterion, glue_score_metrics, to_avalanche  # noqa: E402
-from stream.config import MethodSpec, RunConfig  # noqa: E402
-from stream.errors import ConfigError  # noqa: E402
-from stream.runner import resolve_tasks, run_stream  # noqa: E402
-from stream.scenario import ArrivalBuilder, Budget  # noqa: E402
+from methods.core.multitask import MultiTaskCriterion  # noqa: E402
+from methods.core.training import evaluate  # noqa: E402
+from stream.core.errors import ConfigError  # noqa: E402
+from stream.core.scenario import ArrivalBuilder, Budget  # noqa: E402
+from stream.engine import avalanche_log  # noqa: E402
+from stream.engine.avalanche_bridge import glue_score_metrics, to_avalanche  # noqa: E402
+from stream.engine.config import MethodSpec, RunConfig, resolve_tasks  # noqa: E402
+from stream.engine.runner import run_stream  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 
 BUDGET = Budget(max_train_examples=32, epochs=1, batch_size=16, max_eval_examples=24, max_dev_examples=16)
@@ -99,7 +100,7 @@ def test_stock_strategies_train_on_the_export_and_agree_with_taskstream(strategy
 
 
 def _split_from(features, labels, task_name):
-    from stream.tokenization import TokenizedSplit
+    from stream.core.tokenization import TokenizedSplit
 
     mask = features["attention_mask"]
     return TokenizedSplit(task=task_name, split="validation", input_ids=features["input_ids"], attention_mask=mask,
@@ -155,6 +156,6 @@ def test_avalanche_loggers_option_is_validated_and_parsed():
     with pytest.raises(ConfigError, match="RunConfig.avalanche_loggers must be one of .*'tb'"):
         RunConfig(avalanche_loggers=("csv", "tb"))
     assert RunConfig.from_dict({"avalanche_loggers": "csv,tensorboard"}).avalanche_loggers == ("csv", "tensorboard")
-    out = subprocess.run([sys.executable, "-m", "stream.cli", "run", "--help"], cwd=REPO, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "stream.engine.cli", "run", "--help"], cwd=REPO, capture_output=True,
                          text=True, env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}, check=True)
     assert "--avalanche-loggers" in out.stdout

@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.backbone import state_fingerprint
-from methods.base import build_method
 from methods.bitfit import BIAS_KEY, bias_parameters
-from stream.config import RunConfig
-from stream.errors import ArtifactError
-from stream.runner import resolve_tasks
-from stream.scenario import ArrivalBuilder, Budget
-from stream.store import ArtifactKey, ArtifactStore, LoadedArtifact
+from methods.core.backbone import state_fingerprint
+from methods.core.base import build_method
+from stream.core.errors import ArtifactError
+from stream.core.scenario import ArrivalBuilder, Budget
+from stream.core.store import ArtifactKey, ArtifactStore, LoadedArtifact
+from stream.engine.config import RunConfig, resolve_tasks
 
 BUDGET = Budget(max_train_examples=32, epochs=1, batch_size=16, max_eval_examples=24, max_dev_examples=16)
 

@@ -20,7 +20,7 @@ def taskstream(*args: str, env: dict | None = None, timeout: float = 300) -> sub
                 "OMP_NUM_THREADS": "1"}
     full_env.pop("TASKSTREAM_DATA_DIR", None)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "stream.cli", *map(str, args)], cwd=REPO, env=full_env,
+    return subprocess.run([sys.executable, "-m", "stream.engine.cli", *map(str, args)], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -1,4 +1,4 @@
-"""Tests for methods.codecs: exact round trips, sizes against the lower bound, speed, bad input."""
+"""Tests for methods.core.codecs: exact round trips, sizes against the lower bound, speed, bad input."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from safetensors.torch import load, save
 
-from methods.codecs import (
+from methods.core.codecs import (
     POSITION_SCHEMES,
     EncodedPositions,
     decode_positions,
@@ -31,7 +31,7 @@ from methods.codecs import (
     unpack_masks,
     unpack_sparse_tensors,
 )
-from stream.errors import ArtifactError
+from stream.core.errors import ArtifactError
 
 # Schemes that can encode any set (empty/full only encode their one set).
 GENERAL_SCHEMES = ("plain", "varint", "bitmap", "ef")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stream.config import MethodSpec, RunConfig, config_differences, load_config_file
-from stream.errors import ConfigError
+from stream.core.errors import ConfigError
+from stream.engine.config import MethodSpec, RunConfig, config_differences, load_config_file
 
 
 def test_method_spec_parses_options_and_labels_variants():

@@ -18,13 +18,13 @@ import torch
 
 pytest.importorskip("avalanche")
 
-from methods.base import build_method  # noqa: E402
-from stream.config import MethodSpec, RunConfig  # noqa: E402
-from stream.errors import ArtifactError  # noqa: E402
-from stream.runner import run_stream  # noqa: E402
-from stream.scenario import Budget  # noqa: E402
-from stream.store import ArtifactKey, ArtifactStore  # noqa: E402
-from stream.tasks import CustomTaskSpec  # noqa: E402
+from methods.core.base import build_method  # noqa: E402
+from stream.engine.config import MethodSpec, RunConfig  # noqa: E402
+from stream.core.errors import ArtifactError  # noqa: E402
+from stream.engine.runner import run_stream  # noqa: E402
+from stream.core.scenario import Budget  # noqa: E402
+from stream.core.store import ArtifactKey, ArtifactStore  # noqa: E402
+from stream.core.tasks import CustomTaskSpec  # noqa: E402
 from tests.conftest import REPO, synthetic_rows, write_jsonl_gz  # noqa: E402
 from tests.test_method_matrix import _arrivals, _sidecar  # noqa: E402
 
@@ -145,8 +145,8 @@ def test_replay_buffer_evolves_through_the_file(tiny_backbone, glue_dir, tmp_pat
 
 def test_lwf_distils_the_previous_model_including_regression_heads(tiny_backbone):
     from methods.avalanche_strategies import RegressionAwareLwF
-    from methods.task_model import TaskHead
-    from stream.avalanche_bridge import MultiHeadEncoder
+    from methods.core.multitask import MultiHeadEncoder
+    from methods.core.task_model import TaskHead
 
     heads = {0: TaskHead(tiny_backbone.hidden_size, 2), 1: TaskHead(tiny_backbone.hidden_size, 1)}
     student = MultiHeadEncoder(tiny_backbone.fresh_encoder(), heads, regression=[1], trained_tasks=[0, 1]).eval()
@@ -178,7 +178,7 @@ def test_a_foreign_previous_artifact_is_refused(tiny_backbone, glue_dir, tmp_pat
 
 
 def test_registering_and_configuring_them_does_not_import_avalanche():
-    code = ("import sys; from methods.base import registered_methods, get_method_class; registered_methods(); "
+    code = ("import sys; from methods.core.base import registered_methods, get_method_class; registered_methods(); "
             "get_method_class('ewc').config_class.from_options({'ewc_lambda': 10.0}); "
             "assert 'avalanche' not in sys.modules, 'avalanche imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env={"PYTHONPATH": str(REPO)}, check=True)

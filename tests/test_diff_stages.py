@@ -14,11 +14,11 @@ from analysis.diff_stages import (density_traces, plot_density_traces, plot_proj
 from analysis.placement import load_placement
 from analysis.tables import load_ledger
 from methods.diff_pruning import TRACE_POINTS, magnitude_histogram
-from stream.config import MethodSpec, RunConfig
-from stream.runner import run_stream
-from stream.scenario import Budget
+from stream.core.scenario import Budget
+from stream.engine.config import MethodSpec, RunConfig
+from stream.engine.runner import run_stream
 
-# 64 rows / batch 16 x 4 epochs = 16 steps: 8 L0 steps (every step traced), 8 fixed-mask steps.
+# 64 rows / batch 16 x 4 epochs = 16 steps: 16 L0 steps (every step traced), then 16 fixed-mask steps.
 BUDGET = Budget(max_train_examples=64, epochs=4, batch_size=16, max_eval_examples=16, max_dev_examples=16)
 
 
@@ -52,12 +52,14 @@ def test_trace_starts_at_the_initial_gates_and_follows_every_step(table):
     traces = density_traces(table)
     assert set(traces["method"]) == {"diff_pruning"}  # the non-adaptive variant has no gates to trace
     for _, rows in traces.groupby("task"):
-        assert rows["l0_step"].tolist() == list(range(9))  # step 0, then the 8 L0 steps (<= TRACE_POINTS)
+        assert rows["l0_step"].tolist() == list(range(17))  # step 0, then the 16 L0 steps (<= TRACE_POINTS)
         # Structured: a weight's gate times its tensor's gate, both opening at log-alpha 5.
         assert rows["expected_density"].iloc[0] == pytest.approx((1 / (1 + math.exp(-5.0))) ** 2, abs=1e-6)
         assert rows["target_density"].unique().tolist() == [0.05]
-        assert 1 <= rows["best_step"].iloc[0] <= 8 and 0 < rows["stage1_density"].iloc[0] <= 1
-    assert TRACE_POINTS >= 9
+        # Selection only among states after the density schedule reached the target (70% of the stage).
+        assert 11 <= rows["best_step"].iloc[0] <= 16 and 0 < rows["stage1_density"].iloc[0] <= 1
+        assert rows["scheduled_density"].iloc[0] == 1.0 and rows["scheduled_density"].iloc[-1] == 0.05
+    assert TRACE_POINTS >= 17
 
 
 def test_projection_histograms_match_the_artifacts(table):

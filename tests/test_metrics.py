@@ -11,9 +11,9 @@ import warnings
 import numpy as np
 import pytest
 
-from analysis import metrics
-from analysis.metrics import compute_metrics, glue_average, task_score
-from stream.tasks import CLASSIFICATION_METRICS, REGRESSION_METRICS, TaskSpec, get_task
+from stream.core import metrics
+from stream.core.metrics import compute_metrics, glue_average, task_score
+from stream.core.tasks import CLASSIFICATION_METRICS, REGRESSION_METRICS, TaskSpec, get_task
 
 # Binary case used below: TP = 2 (rows 0, 3), FP = 1 (row 1), FN = 1 (row 4), TN = 1 (row 2).
 BIN_PRED = [1, 1, 0, 1, 0]

@@ -1,7 +1,7 @@
 """The teaching notebooks: committed without outputs, and each runs top to bottom in smoke mode.
 
 Each notebook runs in a fresh Jupyter kernel of the current interpreter (nbclient) with
-``TASKSTREAM_NOTEBOOK_SMOKE=1`` (tiny budgets, see ``stream/demo.py``) on the offline GLUE copy; a cell that
+``TASKSTREAM_NOTEBOOK_SMOKE=1`` (tiny budgets, see ``stream/engine/demo.py``) on the offline GLUE copy; a cell that
 raises fails the test with that cell's traceback. The quick start runs the real all-MiniLM-L6-v2; the two
 notebooks whose runs are dominated by 22.6M-parameter tensors (diff pruning's flat gates, ten methods' full
 files) run the tiny random BERT of the unit tests (``TASKSTREAM_NOTEBOOK_BACKBONE``), which keeps the three
@@ -16,8 +16,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from stream.demo import BACKBONE_ENV, RUNS_ENV, SMOKE_ENV, SOURCE_ENV
-from stream.sources import DATA_DIR_ENV
+from stream.core.sources import DATA_DIR_ENV
+from stream.engine.demo import BACKBONE_ENV, RUNS_ENV, SMOKE_ENV, SOURCE_ENV
 from tests.conftest import SHARED_GLUE
 
 REPO = Path(__file__).resolve().parents[1]

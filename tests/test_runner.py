@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from stream.config import MethodSpec, RunConfig
-from stream.errors import ArtifactError, RunDirectoryError
-from stream.runner import run_stream
-from stream.scenario import Budget
+from stream.core.errors import ArtifactError, RunDirectoryError
+from stream.core.ledger import ROW_FIELDS, SCHEMA_VERSION
+from stream.core.rundir import LEDGER_FILE
+from stream.core.scenario import Budget
+from stream.engine.config import MethodSpec, RunConfig
+from stream.engine.runner import run_stream
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET = Budget(max_train_examples=32, epochs=1, batch_size=16, max_eval_examples=24, max_dev_examples=16)
@@ -50,15 +52,18 @@ def test_ledger_has_one_row_per_method_step_and_seen_task(tiny_model_dir, glue_d
     assert full[-1]["total_params_multiplier"] == pytest.approx(3.0, rel=0.01)
     assert json.loads((tmp_path / "versions.json").read_text())["torch"]
     assert json.loads((tmp_path / "config.json").read_text())["tasks"] == ["sst2", "rte", "stsb"]
+    written = json.loads((tmp_path / LEDGER_FILE).read_text().splitlines()[0])
+    assert set(written) == set(ROW_FIELDS), "the ledger module's ROW_FIELDS documents every field the runner writes"
+    assert written["schema_version"] == SCHEMA_VERSION
 
 
 _CHILD = """
 import sys
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from stream.config import MethodSpec, RunConfig
-from stream.runner import run_stream
-from stream.scenario import Budget
+from stream.engine.config import MethodSpec, RunConfig
+from stream.engine.runner import run_stream
+from stream.core.scenario import Budget
 budget = Budget(**{budget!r})
 config = RunConfig(tasks=("sst2", "rte", "stsb"), methods=(MethodSpec(name="linear_probe"), MethodSpec(name="full")),
                    backbone={model!r}, data_dir={data!r}, budget=budget, device="cpu")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream.config import RunConfig
-from stream.errors import ConfigError, DataError
-from stream.runner import resolve_tasks
-from stream.scenario import ArrivalBuilder, Budget, carve_dev, eval_rows, resolve_order
+from stream.core.errors import ConfigError, DataError
+from stream.core.scenario import ArrivalBuilder, Budget, carve_dev, eval_rows, resolve_order
+from stream.engine.config import RunConfig, resolve_tasks
 
 
 @pytest.mark.parametrize("field, value, message", [

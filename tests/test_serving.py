@@ -17,16 +17,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from methods.backbone import load_backbone, state_fingerprint
-from methods.base import build_method
-from methods.patches import AddAtPositions, AssignValues, Edit, ServingPatch, ZeroAtPositions
-from methods.task_model import TaskHead
-from stream.config import MethodSpec, RunConfig
-from stream.errors import ConfigError, DataError
-from stream.runner import run_stream
-from stream.scenario import Budget
-from stream.serving import TaskBank, read_examples
-from stream.tasks import get_task
+from methods.core.backbone import load_backbone, state_fingerprint
+from methods.core.base import build_method
+from methods.core.patches import AddAtPositions, AssignValues, Edit, ServingPatch, ZeroAtPositions
+from methods.core.task_model import TaskHead
+from stream.core.errors import ConfigError, DataError
+from stream.core.scenario import Budget
+from stream.core.tasks import get_task
+from stream.engine.config import MethodSpec, RunConfig
+from stream.engine.runner import run_stream
+from stream.engine.serving import TaskBank, read_examples
 from tests.method_matrix import MATRIX
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,7 +183,7 @@ def test_read_examples_from_text_and_csv(tmp_path):
 def taskstream(*args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "stream.cli", "predict", *map(str, args)], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "stream.engine.cli", "predict", *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

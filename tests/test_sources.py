@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stream.errors import DataError
-from stream.sources import (DATA_DIR_ENV, CustomFileSource, GlueTsvSource, HubSource, LocalDirSource, SplitData,
-                            resolve_source)
-from stream.tasks import CustomTaskSpec, TaskSpec, get_task
+from stream.core.errors import DataError
+from stream.core.sources import (DATA_DIR_ENV, CustomFileSource, GlueTsvSource, HubSource, LocalDirSource, SplitData,
+                                 resolve_source)
+from stream.core.tasks import CustomTaskSpec, TaskSpec, get_task
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "glue"
 needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason="offline GLUE copy not present")
@@ -442,7 +442,7 @@ def test_custom_task_in_every_format(tmp_path, fmt):
     test = write_custom(tmp_path / f"test.{fmt}", CUSTOM_ROWS[:2], fmt)
     custom = CustomTaskSpec(name="reviews", files={"train": train, "test": test}, text_columns=("review",),
                             label_column="stars", label_names=("bad", "good"))
-    task, source = custom.to_task_spec(), custom.source()
+    task, source = custom.to_task_spec(), CustomFileSource(custom.name, custom.files)
     data = source.load_split(task, "train")
     expected = [row["review"] for row in CUSTOM_ROWS]
     if fmt == "tsv":

@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from stream.errors import ArtifactError
-from stream.store import ArtifactKey, ArtifactStore
+from stream.core.errors import ArtifactError
+from stream.core.store import ArtifactKey, ArtifactStore
 
 KEY = ArtifactKey("bitfit", 2, "rte")
 

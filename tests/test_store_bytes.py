@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from stream.store import ArtifactKey, ArtifactStore
+from stream.core.store import ArtifactKey, ArtifactStore
 
 
 def test_identical_artifacts_are_identical_files(tmp_path):

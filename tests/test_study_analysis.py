@@ -188,10 +188,10 @@ def test_html_report_embeds_every_figure(tmp_path):
 
 
 def test_cli_report_detects_studies_and_runs_and_compares(tmp_path, capsys):
-    from stream.cli import main
+    from stream.engine.cli import main
 
     small = write_study(tmp_path / "small", labels=("full", "sequential"), seeds=(0,), failed_run=False)
-    done = subprocess.run([sys.executable, "-m", "stream.cli", "report", str(small)], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "stream.engine.cli", "report", str(small)], cwd=REPO,
                           env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -7,10 +7,10 @@ import json
 import pytest
 
 import analysis.tables
-import stream.study
-from stream.errors import ConfigError
-from stream.study import StudySpec
-from stream.sweep import resolve_parallelism
+import stream.engine.study
+from stream.core.errors import ConfigError
+from stream.engine.study import StudySpec
+from stream.engine.sweep import resolve_parallelism
 
 BASE = {"tasks": ["sst2", "rte", "stsb"], "device": "cpu", "budget": {"max_train_examples": 50}}
 
@@ -97,8 +97,8 @@ def test_toml_and_yaml_specs_agree_and_relative_data_dir_is_the_files(tmp_path):
 
 
 def test_the_study_file_name_has_one_meaning():
-    assert analysis.tables.STUDY_FILE == stream.study.STUDY_FILE
-    assert analysis.tables.DEFAULT_BUDGET == stream.study.DEFAULT_BUDGET
+    assert analysis.tables.STUDY_FILE == stream.engine.study.STUDY_FILE
+    assert analysis.tables.DEFAULT_BUDGET == stream.engine.study.DEFAULT_BUDGET
 
 
 def test_parallelism_defaults():

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from analysis.tables import final_stats, load_ledger
-from stream.study import StudyDirectory, StudySpec
-from stream.sweep import SweepProgress, run_study
+from stream.engine.study import StudyDirectory, StudySpec
+from stream.engine.sweep import SweepProgress, run_study
 
 # Enough steps per task (2 epochs of 64 rows at batch 16) that a run can be caught between two steps.
 SPEC = """
@@ -156,7 +156,7 @@ def test_study_records_spec_configs_versions_and_launches(killed_and_resumed):
 def test_relaunching_the_spec_reproduces_every_ledger(killed_and_resumed, spec_file, tmp_path, capsys):
     """A clean second study from the same spec (through the CLI, on 2 workers) has the same scores, bytes
     and artifact hashes as the first, including the run that was killed and resumed."""
-    from stream.cli import main
+    from stream.engine.cli import main
 
     again = tmp_path / "again"
     code = main(["sweep", str(spec_file), "--study-dir", str(again), "--workers", "2", "--threads", "1",
@@ -170,7 +170,7 @@ def test_relaunching_the_spec_reproduces_every_ledger(killed_and_resumed, spec_f
 
 
 def test_a_study_refuses_runs_made_by_another_spec(killed_and_resumed, spec_file, tmp_path):
-    from stream.errors import RunDirectoryError
+    from stream.core.errors import RunDirectoryError
 
     changed = tmp_path / "changed.toml"
     changed.write_text(spec_file.read_text().replace("epochs = 2", "epochs = 1"))

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from stream import tasks
-from stream.errors import ConfigError
-from stream.sources import CustomFileSource
-from stream.tasks import CustomTaskSpec, TaskSpec, get_task, register_task
+from stream.core import tasks
+from stream.core.errors import ConfigError
+from stream.core.sources import CustomFileSource
+from stream.core.tasks import CustomTaskSpec, TaskSpec, get_task, register_task
 
 GLUE_README = Path(__file__).resolve().parents[2] / "shared" / "glue" / "README.md"
 
@@ -138,8 +138,8 @@ def test_custom_task_defaults_and_conversion(tmp_path):
     spec = custom.to_task_spec()
     assert spec == TaskSpec(name="mine", text_columns=("text",), label_names=("a", "b"), metrics=("accuracy",),
                             test_splits=("dev", "test"))
-    source = custom.source()
-    assert isinstance(source, CustomFileSource) and source.files == custom.files
+    source = CustomFileSource(custom.name, custom.files)
+    assert source.files == custom.files
     regression = CustomTaskSpec(name="score", files=files, text_columns=("text",), metrics=None,
                                 test_splits=["test"])
     assert regression.metrics == ("pearson", "spearman") and regression.to_task_spec().is_regression

@@ -10,12 +10,11 @@ import dataclasses
 import pytest
 import torch
 
-from methods.base import build_method
-from methods.task_model import TaskModel
-from methods.training import decay_groups, fit
-from stream.config import RunConfig
-from stream.runner import resolve_tasks
-from stream.scenario import ArrivalBuilder, Budget, eval_rows
+from methods.core.base import build_method
+from methods.core.task_model import TaskModel
+from methods.core.training import decay_groups, fit
+from stream.core.scenario import ArrivalBuilder, Budget, eval_rows
+from stream.engine.config import RunConfig, resolve_tasks
 
 BUDGET = Budget(max_train_examples=64, epochs=1, batch_size=8, max_dev_examples=16)
 

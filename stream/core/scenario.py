@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream.errors import ConfigError, DataError
-from stream.tasks import TaskSpec
-from stream.tokenization import TokenCache, TokenizedSplit
-from stream.validation import check_int, check_real
+from stream.core.errors import ConfigError, DataError
+from stream.core.metrics import chance_score, noise_band
+from stream.core.tasks import TaskSpec
+from stream.core.tokenization import TokenCache, TokenizedSplit
+from stream.core.validation import check_int, check_real
 
 # Budget fields where None means "no limit".
 _OPTIONAL_LIMITS = ("max_train_examples", "max_steps", "max_eval_examples", "eval_every_steps")
@@ -210,8 +211,6 @@ class ArrivalBuilder:
         """What a trained model must clear on this task's test rows: ``chance_score`` (always the majority
         training label, or the mean for regression), ``noise_band`` (two standard errors of guessing) and
         ``test_rows``."""
-        from analysis.metrics import chance_score, noise_band
-
         task, budget = self._tasks[task_name], self._budgets[task_name]
         n_train = len(self._split(task, task.train_split).labels)
         train_rows, _ = carve_dev(n_train, budget, self._seed, task.name)

@@ -1,37 +1,38 @@
-"""The one interface every method implements, its config base class, and the method registry.
+"""The one interface every method implements, and the method registry.
 
 A method turns an arriving task into (a) a task model it can evaluate and (b) an artifact payload: the
 tensors and metadata that, written to a file and read back, let :meth:`Method.load` rebuild that model
 from the shared backbone alone. The arrival loop only ever evaluates models rebuilt by ``load``.
 
-Adding a method: one module under ``methods/`` with a ``XxxConfig`` dataclass and a ``@register_method``
-``XxxMethod`` class, one line in ``BUILTIN_METHODS`` below (its registration: name -> module, imported
-only when the method is used), and a row in the method-wide test matrix (``tests/method_matrix.py``).
+Adding a method: one module under ``methods/`` with a ``XxxConfig`` dataclass (a subclass of
+:class:`~methods.core.config.MethodConfig`) and a ``@register_method`` ``XxxMethod`` class, one line in
+``BUILTIN_METHODS`` below (its registration: name -> module, imported only when the method is used), and a
+row in the method-wide test matrix (``tests/method_matrix.py``).
 """
 
 from __future__ import annotations
 
 import abc
-import dataclasses
-import enum
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from stream.errors import ConfigError
-from stream.validation import check_real, unknown_name_error
+from methods.core.config import MethodConfig
+from methods.core.task_model import TaskHead, TaskModel
+from methods.core.training import FitResult, decay_groups, fit
+from stream.core.errors import ConfigError
+from stream.core.ledger import Sharing
+from stream.core.store import ArtifactPayload, LoadedArtifact
+from stream.core.validation import unknown_name_error
 
 if TYPE_CHECKING:
-    from methods.backbone import Backbone
-    from methods.patches import ServingPatch
-    from methods.task_model import TaskHead, TaskModel
-    from methods.training import FitResult
-    from stream.scenario import Arrival
-    from stream.store import LoadedArtifact
-    from stream.tasks import TaskSpec
+    from methods.core.backbone import Backbone
+    from methods.core.patches import ServingPatch
+    from stream.core.scenario import Arrival
+    from stream.core.tasks import TaskSpec
 
 # Built-in methods: registry name -> module under methods/ whose import registers it. Modules are imported
 # on first use, so a run that does not use a heavy method (Avalanche, peft) does not import its library.
@@ -51,86 +52,6 @@ BUILTIN_METHODS = {
     "lwf": "continual",
     "replay": "continual",
 }
-
-
-class Sharing(str, enum.Enum):
-    """How a method's per-task files relate to the shared backbone; decides cumulative storage S(t).
-
-    - ``shared_backbone``: a frozen backbone (counted once) plus one small file per task:
-      S(t) = backbone + sum of task files. Earlier tasks' files never change.
-    - ``standalone``: each task file is a whole model and nothing is shared: S(t) = sum of task files.
-    - ``evolving``: one shared model evolves across tasks; the file written after task t holds all
-      that must be kept (model, every head, buffers) and supersedes earlier ones: S(t) = file t.
-      Earlier tasks are re-evaluated from the newest file, which is how forgetting shows.
-    """
-
-    SHARED_BACKBONE = "shared_backbone"
-    STANDALONE = "standalone"
-    EVOLVING = "evolving"
-
-
-@dataclass(frozen=True, kw_only=True)
-class MethodConfig:
-    """Options every method has. Subclasses add their own fields and defaults.
-
-    Attributes:
-        learning_rate: peak AdamW learning rate for the method's own parameters.
-        head_learning_rate: learning rate of the freshly initialised task head (None: same as above).
-        weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
-        warmup_ratio: fraction of the steps spent in linear warm-up before linear decay to zero.
-        max_grad_norm: gradient clipping norm (0 disables clipping).
-        head_dropout: dropout before the task head's linear layer.
-    """
-
-    learning_rate: float = 5e-5
-    head_learning_rate: float | None = None
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    head_dropout: float = 0.1
-
-    def __post_init__(self) -> None:
-        owner = type(self).__name__
-        check_real(owner, "learning_rate", self.learning_rate, minimum=0.0, exclusive_minimum=True)
-        check_real(owner, "head_learning_rate", self.head_learning_rate, minimum=0.0,
-                   exclusive_minimum=True, allow_none=True)
-        check_real(owner, "weight_decay", self.weight_decay, minimum=0.0)
-        check_real(owner, "warmup_ratio", self.warmup_ratio, minimum=0.0, maximum=1.0, exclusive_maximum=True)
-        check_real(owner, "max_grad_norm", self.max_grad_norm, minimum=0.0)
-        check_real(owner, "head_dropout", self.head_dropout, minimum=0.0, maximum=1.0, exclusive_maximum=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as plain JSON-able values (saved in every artifact sidecar)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> MethodConfig:
-        """Build from user options, refusing unknown keys with the valid ones listed."""
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - valid)
-        if unknown:
-            raise ConfigError(f"Unknown option(s) {', '.join(map(repr, unknown))} for {cls.__name__}. "
-                              f"Valid: {', '.join(sorted(valid))}.")
-        return cls(**options)
-
-
-@dataclass
-class ArtifactPayload:
-    """What a method wants written for one task: tensors (safetensors) plus JSON-able metadata.
-
-    Attributes:
-        tensors: name -> tensor. Head tensors use the ``head.`` prefix; method tensors a method prefix.
-        meta: method-specific metadata (the store adds method, task, step, config, backbone identity).
-        new_params: parameters this file adds, the papers' "new params per task" numerator
-            (for sparse diffs: the nonzeros; see each method's docstring for its convention).
-        lower_bound_bits: information-theoretic lower bound of the method's tensors in bits, when the
-            method stores something compressible (sparse positions, masks); None otherwise.
-    """
-
-    tensors: dict[str, torch.Tensor]
-    meta: dict[str, Any] = field(default_factory=dict)
-    new_params: int = 0
-    lower_bound_bits: float | None = None
 
 
 @dataclass
@@ -162,8 +83,6 @@ class Method(abc.ABC):
 
     def new_head(self, task: TaskSpec, seed: int) -> TaskHead:
         """A freshly initialised head for ``task``, seeded so every method starts from the same head."""
-        from methods.task_model import TaskHead
-
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             head = TaskHead(self.backbone.hidden_size, task.num_outputs, self.config.head_dropout)
@@ -185,11 +104,22 @@ class Method(abc.ABC):
     def head_lr(self) -> float:
         return self.config.head_learning_rate or self.config.learning_rate
 
+    def finetune_whole_model(self, arrival: Arrival, *, progress: bool, desc: str | None = None
+                             ) -> tuple[TaskModel, FitResult]:
+        """Full finetuning of a private encoder copy and a fresh head with this config's shared options.
+
+        The ``full`` method is this plus storing the model; diff pruning's non-adaptive baseline prunes the
+        result, so the baseline starts from exactly the model ``full`` trains at the same options."""
+        encoder = self.backbone.fresh_encoder().requires_grad_(True)
+        head = self.task_head(arrival)
+        model = TaskModel(encoder, head, self.backbone.pooling)
+        groups = (decay_groups(encoder.named_parameters(), self.config.learning_rate, self.config.weight_decay)
+                  + decay_groups(head.named_parameters(), self.head_lr(), self.config.weight_decay))
+        return model, self.fit(model, groups, arrival, progress=progress, desc=desc)
+
     def fit(self, model: TaskModel, groups: list[dict], arrival: Arrival, *, progress: bool,
             desc: str | None = None, **overrides: Any) -> FitResult:
         """Run the shared training loop on ``arrival`` with its budget; ``overrides`` reach :func:`fit`."""
-        from methods.training import fit
-
         options = dict(budget=arrival.budget, seed=arrival.task_seed, precision=arrival.precision)
         options.update(overrides)
         return fit(model, groups, arrival.train, arrival.dev, arrival.task, config=self.config,
@@ -213,7 +143,7 @@ class Method(abc.ABC):
         """How a server switches the shared live encoder (``self.backbone.encoder``) to ``task`` in place.
 
         A method whose task model is the backbone plus a small change returns a
-        :class:`~methods.patches.ServingPatch`: its ``apply`` turns the live encoder into exactly what
+        :class:`~methods.core.patches.ServingPatch`: its ``apply`` turns the live encoder into exactly what
         :meth:`load` rebuilds from ``artifact`` (logits equal bit for bit) and its ``revert`` restores the
         encoder bit for bit. Called only while no other patch is applied. The default, None, means the
         server rebuilds the model with :meth:`load` at every switch (full finetuning, evolving methods).

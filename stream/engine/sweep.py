@@ -1,7 +1,7 @@
 """Running a study: skip what is complete, fan the other runs out over a backend, record every outcome.
 
-:func:`run_study` is what ``taskstream sweep`` calls. Each run is executed by :func:`execute_run` in a
-worker (a local process or a Ray task): the ordinary :func:`stream.runner.run_stream`, which itself
+:func:`run_study` is what ``taskstream sweep`` calls. Each run is executed by :func:`stream.engine.backends.execute_run` in a
+worker (a local process or a Ray task): the ordinary :func:`stream.engine.runner.run_stream`, which itself
 resumes a run directory after its last completed step. So a re-launch skips finished runs and continues
 interrupted ones where they stopped; a failed run is recorded with its error and traceback in
 ``status/<run>.json`` and never stops the others; failed runs are tried again on the next launch.
@@ -17,46 +17,20 @@ import fcntl
 import json
 import logging
 import os
-import socket
-import time
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stream.config import RunConfig, config_differences
-from stream.errors import ConfigError, RunDirectoryError
-from stream.runner import CONFIG_FILE, package_versions, run_stream
-from stream.study import (StudyDirectory, StudyRun, StudySpec, atomic_write_json, completed_steps,
-                          is_complete)
+from stream.core.errors import ConfigError, RunDirectoryError
+from stream.core.rundir import CONFIG_FILE
+from stream.engine.backends import RunJob, RunOutcome, make_backend
+from stream.engine.config import config_differences
+from stream.engine.runner import package_versions
+from stream.engine.study import StudyDirectory, StudyRun, StudySpec, completed_steps, is_complete
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("local", "ray")
-RUN_LOG = "run.log"
-
-
-@dataclass(frozen=True)
-class RunJob:
-    """What a worker needs to execute one run (picklable: sent to worker processes and Ray tasks)."""
-
-    run_id: str
-    run_dir: str
-    status_path: str
-    config: RunConfig
-    threads: int
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """How one run ended: ``ok``, or the error and its traceback."""
-
-    run_id: str
-    ok: bool
-    seconds: float
-    worker: str
-    error: str | None = None
-    traceback: str | None = None
 
 
 def available_cores() -> int:
@@ -81,68 +55,6 @@ def resolve_parallelism(workers: int | None, threads: int | None, cores: int | N
     if threads is None:
         threads = max(1, cores // workers)
     return workers, threads
-
-
-def configure_worker_threads(threads: int) -> None:
-    """Limit torch (and the tokenizers' thread pool) to ``threads`` in this worker process."""
-    import torch
-
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    os.environ["RAYON_NUM_THREADS"] = str(threads)
-    torch.set_num_threads(threads)
-
-
-# One backbone per worker process, reused by its successive runs (loading it costs seconds, and it is
-# verified unchanged after every step of every run, so sharing it between runs is safe).
-_BACKBONE_CACHE: dict[tuple[str, str, str], object] = {}
-
-
-def _backbone_for(config: RunConfig):
-    from methods.backbone import load_backbone
-
-    key = (config.backbone, config.pooling, config.device)
-    if key not in _BACKBONE_CACHE:
-        _BACKBONE_CACHE.clear()
-        _BACKBONE_CACHE[key] = load_backbone(config.backbone, pooling=config.pooling, device=config.device)
-    return _BACKBONE_CACHE[key]
-
-
-@contextlib.contextmanager
-def _run_log(run_dir: Path) -> Iterator[None]:
-    """Send this process's log records to ``run_dir/run.log`` while the run executes."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / RUN_LOG, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    root = logging.getLogger()
-    previous = root.level
-    root.addHandler(handler)
-    if previous > logging.INFO:
-        root.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(previous)
-        handler.close()
-
-
-def execute_run(job: RunJob, worker: str | None = None) -> RunOutcome:
-    """Run (or resume) one study run in this process; every exception becomes a failed outcome."""
-    worker = worker or f"{socket.gethostname()}:{os.getpid()}"
-    configure_worker_threads(job.threads)
-    atomic_write_json(Path(job.status_path), {"run_id": job.run_id, "state": "running", "worker": worker,
-                                              "host": socket.gethostname(), "pid": os.getpid(),
-                                              "threads": job.threads,
-                                              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    start = time.perf_counter()
-    run_dir = Path(job.run_dir)
-    try:
-        with _run_log(run_dir):
-            run_stream(job.config, run_dir, progress=False, backbone=_backbone_for(job.config))
-    except Exception as exc:  # recorded, never raised: one failed run must not stop the others
-        return RunOutcome(job.run_id, False, time.perf_counter() - start, worker,
-                          error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-    return RunOutcome(job.run_id, True, time.perf_counter() - start, worker)
 
 
 @dataclass(frozen=True)
@@ -307,8 +219,6 @@ def run_study(spec: StudySpec, study_dir: str | Path, *, backend: str = "local",
                        run.config, threads) for run in todo]
         tracker = _Tracker(directory, todo, len(runs), len(outcome.skipped), on_progress)
         tracker.tick()
-        from stream.backends import make_backend
-
         make_backend(backend, workers=workers, threads=threads, address=address,
                      poll_seconds=poll_seconds).run(jobs, tracker.finish, tracker.tick)
         for result in tracker.outcomes:

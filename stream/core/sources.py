@@ -7,7 +7,7 @@ Every source implements one method, ``load_split(task, split) -> SplitData``:
 - :class:`LocalDirSource` reads the Hub's file layout on disk, ``<root>/<config>/<split>.<ext>`` (also the
   sharded ``<split>-00000-of-00001.<ext>`` names of a cloned Hub repository), as in ``../shared/glue``.
 - :class:`GlueTsvSource` reads the classic ``glue_data/`` folder of the original GLUE download script.
-- :class:`CustomFileSource` serves the files of a :class:`~stream.tasks.CustomTaskSpec`.
+- :class:`CustomFileSource` serves the files of a :class:`~stream.core.tasks.CustomTaskSpec`.
 
 :func:`resolve_source` picks one from ``--data-dir`` / ``TASKSTREAM_DATA_DIR`` / the Hub.
 
@@ -33,33 +33,23 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from stream.errors import DataError
-
-if TYPE_CHECKING:  # stream.tasks imports this module; annotations only, to avoid an import cycle.
-    from stream.tasks import TaskSpec
+from stream.core.errors import DataError
+from stream.core.tasks import SUPPORTED_EXTENSIONS, TaskSpec, file_format
 
 logger = logging.getLogger(__name__)
 
 #: Environment variable naming a local data directory when ``--data-dir`` is not given.
 DATA_DIR_ENV = "TASKSTREAM_DATA_DIR"
-#: File extensions (formats) that local and custom sources read.
-SUPPORTED_EXTENSIONS = ("jsonl.gz", "jsonl", "json", "parquet", "csv", "tsv")
 
 _LOCAL_DATA_HINT = (
     f"Point the run at local files: pass --data-dir DIR or set the environment variable {DATA_DIR_ENV}=DIR, "
     "where DIR holds either the Hub layout <config>/<split>.jsonl.gz (for example ../shared/glue) or a "
     "classic glue_data/ folder (CoLA/train.tsv, SST-2/dev.tsv, ...)."
 )
-
-
-def file_format(path: str | Path) -> str | None:
-    """The format (one of :data:`SUPPORTED_EXTENSIONS`) implied by ``path``'s name, or ``None``."""
-    name = Path(path).name.lower()
-    return next((ext for ext in SUPPORTED_EXTENSIONS if name.endswith("." + ext)), None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -515,7 +505,7 @@ def _looks_like_hub_layout(root: Path) -> bool:
 
 
 class CustomFileSource:
-    """Serves a custom task's own files: split -> path (see :class:`~stream.tasks.CustomTaskSpec` for formats)."""
+    """Serves a custom task's own files: split -> path (see :class:`~stream.core.tasks.CustomTaskSpec` for formats)."""
 
     def __init__(self, task_name: str, files: Mapping[str, str | Path]) -> None:
         self.task_name = task_name

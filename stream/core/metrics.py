@@ -26,7 +26,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from stream.tasks import TaskSpec
+from stream.core.tasks import TaskSpec
 
 
 def _correlation(statistic: Callable[[np.ndarray, np.ndarray], float]) -> Callable[[np.ndarray, np.ndarray], float]:

@@ -56,7 +56,7 @@ def _add_run_parser(sub) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """Defaults, then the config file, then flags."""
-    from stream.config import RunConfig, load_config_file
+    from stream.engine.config import RunConfig, load_config_file
 
     data = load_config_file(args.config) if args.config else {}
     for key in ("tasks", "methods", "backbone", "pooling", "hub_repo", "seed", "order_seed", "device", "reevaluate",
@@ -76,7 +76,7 @@ def config_from_args(args: argparse.Namespace):
 
 def _cmd_run(args) -> int:
     config = config_from_args(args)  # before the heavy imports, so a bad flag fails at once
-    from stream.runner import run_stream
+    from stream.engine.runner import run_stream
 
     run_dir = args.run_dir or Path(DEFAULT_RUN_DIR)
     summary = run_stream(config, run_dir, progress=not args.no_progress)
@@ -116,8 +116,8 @@ def _add_sweep_parser(sub) -> None:
 
 
 def _study_spec(args):
-    from stream.config import load_config_file
-    from stream.study import StudySpec
+    from stream.engine.config import load_config_file
+    from stream.engine.study import StudySpec
 
     data_dir = args.data_dir
     if data_dir is None and "data_dir" not in load_config_file(args.spec).get("base", {}):
@@ -126,8 +126,8 @@ def _study_spec(args):
 
 
 def _cmd_sweep(args) -> int:
-    from stream.study import StudyDirectory, is_complete
-    from stream.sweep import run_study
+    from stream.engine.study import StudyDirectory, is_complete
+    from stream.engine.sweep import run_study
 
     spec = _study_spec(args)
     study_dir = args.study_dir or Path("runs") / spec.name
@@ -165,8 +165,8 @@ def _cmd_plot(args) -> int:
     from analysis.tables import is_study_dir
 
     if is_study_dir(args.run):
-        from analysis.plots import save_figure
         from analysis.placement import load_placement
+        from analysis.plots import save_figure
         from analysis.report import FIGURES_DIR
         from analysis.study_report import study_figures
         from analysis.tables import load_ledger
@@ -226,9 +226,9 @@ def _add_predict_parser(sub) -> None:
 def _cmd_predict(args) -> int:
     import json
 
-    from stream.errors import ConfigError, DataError
-    from stream.serving import TaskBank, as_examples, read_examples
-    from stream.validation import check_int
+    from stream.core.errors import ConfigError, DataError
+    from stream.core.validation import check_int
+    from stream.engine.serving import TaskBank, as_examples, read_examples
 
     check_int("", "--batch-size", args.batch_size, minimum=1)
     # Names and examples are checked before the backbone loads, so a typo fails at once.
@@ -257,7 +257,7 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_methods(args) -> int:
-    from methods.base import registered_methods
+    from methods.core.base import registered_methods
 
     for name, cls in registered_methods().items():
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
@@ -266,7 +266,7 @@ def _cmd_methods(args) -> int:
 
 
 def _cmd_tasks(args) -> int:
-    from stream.tasks import get_task, registered_tasks
+    from stream.core.tasks import get_task, registered_tasks
 
     for name in registered_tasks():
         task = get_task(name)
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         args.texts += extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from stream.errors import TaskstreamError
+    from stream.core.errors import TaskstreamError
 
     try:
         return _COMMANDS[args.command](args)

@@ -61,9 +61,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stream.config import MethodSpec, RunConfig, load_config_file
-from stream.errors import ConfigError
-from stream.scenario import resolve_order
+from stream.core.errors import ConfigError
+from stream.core.ledger import read_ledger
+from stream.core.rundir import LEDGER_FILE
+from stream.core.scenario import resolve_order
+from stream.engine.config import MethodSpec, RunConfig, load_config_file
 
 STUDY_FILE = "study.json"
 LAUNCHES_FILE = "launches.jsonl"
@@ -358,19 +360,10 @@ class StudyDirectory:
 
 
 def completed_steps(run_dir: Path, method: str) -> int:
-    """How many steps of ``method`` the run's ledger holds completely (read-only; a torn line ends it)."""
-    path = Path(run_dir) / "ledger.jsonl"
-    if not path.exists():
+    """How many steps of ``method`` the run's ledger holds completely (0 before it has a ledger)."""
+    if not (Path(run_dir) / LEDGER_FILE).is_file():
         return 0
-    counts: dict[int, list[int]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if row.get("method") == method:
-            counts.setdefault(row["step"], [0, row["rows_in_step"]])[0] += 1
-    return sum(1 for seen, needed in counts.values() if seen == needed)
+    return len({row["step"] for row in read_ledger(run_dir) if row["method"] == method})
 
 
 def is_complete(study_dir: StudyDirectory, run: StudyRun) -> bool:

@@ -8,6 +8,7 @@ nothing is ever unpickled. Storage is the bytes of both files on disk.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,9 +22,28 @@ from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-from stream.errors import ArtifactError
+from stream.core.errors import ArtifactError
 
 SIDECAR_SCHEMA = 1
+
+
+@dataclass
+class ArtifactPayload:
+    """What a method wants written for one task: tensors (safetensors) plus JSON-able metadata.
+
+    Attributes:
+        tensors: name -> tensor. Head tensors use the ``head.`` prefix; method tensors a method prefix.
+        meta: method-specific metadata (the store adds method, task, step, config, backbone identity).
+        new_params: parameters this file adds, the papers' "new params per task" numerator
+            (for sparse diffs: the nonzeros; see each method's docstring for its convention).
+        lower_bound_bits: information-theoretic lower bound of the method's tensors in bits, when the
+            method stores something compressible (sparse positions, masks); None otherwise.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    new_params: int = 0
+    lower_bound_bits: float | None = None
 
 
 @dataclass(frozen=True)

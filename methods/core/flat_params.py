@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
-from stream.errors import ConfigError
+from stream.core.errors import ConfigError
 
 _BLOCK_INDEX = re.compile(r"^(.*?\.\d+)\.")
 

@@ -19,9 +19,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from methods.backbone import DEFAULT_BACKBONE
-from stream.errors import DataError
-from stream.sources import DATA_DIR_ENV
+from methods.core.backbone import DEFAULT_BACKBONE
+from stream.core.errors import DataError
+from stream.core.rundir import LEDGER_FILE
+from stream.core.sources import DATA_DIR_ENV
+from stream.engine.study import STUDY_FILE
 
 SMOKE_ENV = "TASKSTREAM_NOTEBOOK_SMOKE"
 BACKBONE_ENV = "TASKSTREAM_NOTEBOOK_BACKBONE"
@@ -67,7 +69,7 @@ def demo_source() -> Path | None:
     if not value:
         return None
     path = Path(value).expanduser()
-    if not ((path / "ledger.jsonl").is_file() or (path / "study.json").is_file()):
-        raise DataError(f"{SOURCE_ENV}={value} is neither a run directory (with ledger.jsonl) nor a study directory "
-                        f"(with study.json). Point it at one, or unset it to run a small stream in the notebook.")
+    if not ((path / LEDGER_FILE).is_file() or (path / STUDY_FILE).is_file()):
+        raise DataError(f"{SOURCE_ENV}={value} is neither a run directory (with {LEDGER_FILE}) nor a study directory "
+                        f"(with {STUDY_FILE}). Point it at one, or unset it to run a small stream in the notebook.")
     return path

@@ -2,7 +2,7 @@
 
 The bank loads the run's backbone once and serves every (method label, task) of the run's ledger from the
 artifact that task's own step wrote (for evolving methods: the newest artifact, which holds every head).
-Switching to a task applies that task's :class:`~methods.patches.ServingPatch` to the live encoder in place
+Switching to a task applies that task's :class:`~methods.core.patches.ServingPatch` to the live encoder in place
 (diff pruning adds its sparse diff, masking zeroes its masked-out weights, adapters/LoRA swap their modules
 in, BitFit/last_layer write their tensors) after reverting the previous one. Methods without a patch (full
 finetuning, the evolving continual baselines) are rebuilt with ``Method.load`` from their file at every
@@ -32,17 +32,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from methods.backbone import Backbone, load_backbone
-from methods.base import Method, Sharing, build_method
-from methods.patches import ServingPatch
-from methods.task_model import TaskModel
-from stream.config import MethodSpec
-from stream.errors import ArtifactError, ConfigError, DataError, RunDirectoryError
-from stream.runner import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE
-from stream.scenario import Budget
-from stream.store import ArtifactKey, ArtifactStore, LoadedArtifact
-from stream.tasks import CustomTaskSpec, TaskSpec, get_task
-from stream.tokenization import TokenizedSplit, tokenize_texts
+from methods.core.backbone import Backbone, load_backbone
+from methods.core.base import Method, build_method
+from methods.core.patches import ServingPatch
+from methods.core.task_model import TaskModel
+from stream.core.errors import ArtifactError, ConfigError, DataError, RunDirectoryError
+from stream.core.ledger import Sharing, read_ledger
+from stream.core.rundir import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE
+from stream.core.scenario import Budget
+from stream.core.store import ArtifactKey, ArtifactStore, LoadedArtifact
+from stream.core.tasks import CustomTaskSpec, TaskSpec, get_task
+from stream.core.tokenization import TokenizedSplit, tokenize_texts
+from stream.engine.config import MethodSpec
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class Prediction:
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
-    """The saved config of a run directory (``config.json``, as :meth:`stream.config.RunConfig.to_dict` wrote
+    """The saved config of a run directory (``config.json``, as :meth:`stream.engine.config.RunConfig.to_dict` wrote
     it). Kept as plain data: a method's spec is validated, and its module imported, only when it is served."""
     path = run_dir / CONFIG_FILE
     if not path.is_file() or not (run_dir / LEDGER_FILE).is_file():
@@ -105,26 +106,10 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _complete_rows(run_dir: Path) -> list[dict]:
-    """The ledger's rows of completed steps, read without touching the file (a killed run may leave a torn
-    last line or a partial step; those are left out, as the run itself would redo them)."""
-    rows = []
-    for line in (run_dir / LEDGER_FILE).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    counts: dict[tuple[str, int], int] = {}
-    for row in rows:
-        counts[(row["method"], row["step"])] = counts.get((row["method"], row["step"]), 0) + 1
-    return [r for r in rows if counts[(r["method"], r["step"])] == r["rows_in_step"]]
-
-
 def served_tasks(run_dir: Path) -> dict[tuple[str, str], ServedTask]:
     """Every (method label, task) a finished (or partly finished) run can serve, from its ledger."""
     steps: dict[str, dict[int, dict]] = {}
-    for row in _complete_rows(run_dir):
+    for row in read_ledger(run_dir):
         steps.setdefault(row["method"], {})[row["step"]] = row
     served = {}
     for label, by_step in steps.items():
@@ -199,7 +184,7 @@ class TaskBank:
     """Every task of a run, served from one live copy of the backbone.
 
     Args:
-        run_dir: a run directory (config, ledger, artifacts) written by :func:`stream.runner.run_stream`.
+        run_dir: a run directory (config, ledger, artifacts) written by :func:`stream.engine.runner.run_stream`.
         backbone: an already loaded backbone (tests pass tiny models); by default the run's, loaded once.
         device: where to serve (``auto``: CUDA when present), when the bank loads the backbone.
     """

@@ -20,11 +20,11 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from analysis.metrics import compute_metrics, task_score
-from methods.base import MethodConfig
-from stream.scenario import Budget
-from stream.tasks import TaskSpec
-from stream.tokenization import TokenizedSplit
+from methods.core.config import MethodConfig
+from stream.core.metrics import compute_metrics, task_score
+from stream.core.scenario import Budget
+from stream.core.tasks import TaskSpec
+from stream.core.tokenization import TokenizedSplit
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from avalanche.evaluation import PluginMetric
@@ -37,17 +37,16 @@ from avalanche.models import MultiTaskModule
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
-from methods.base import Method, Sharing
-from stream.avalanche_bridge import (AvalancheStream, MultiTaskCriterion, glue_score_metrics, route_rows,
-                                     stream_from_builder, tag_rows)
-from stream.config import AVALANCHE_LOGGERS
-from stream.store import ArtifactKey, ArtifactStore
-
-if TYPE_CHECKING:
-    from methods.backbone import Backbone
-    from methods.task_model import TaskModel
-    from stream.ledger import Ledger
-    from stream.scenario import ArrivalBuilder
+from methods.core.backbone import Backbone, load_backbone
+from methods.core.base import Method, build_method
+from methods.core.multitask import MultiTaskCriterion, route_rows, tag_rows
+from methods.core.task_model import TaskModel
+from stream.core.ledger import Ledger, Sharing
+from stream.core.rundir import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE
+from stream.core.scenario import ArrivalBuilder, resolve_order
+from stream.core.store import ArtifactKey, ArtifactStore
+from stream.engine.avalanche_bridge import AvalancheStream, glue_score_metrics, stream_from_builder
+from stream.engine.config import AVALANCHE_LOGGERS, RunConfig, resolve_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -256,13 +255,6 @@ def evaluate_run(run_dir: str | Path, label: str, *, metrics: Sequence[PluginMet
         loggers: Avalanche loggers to write to.
         backbone: an already loaded backbone (tests pass tiny models); default the run config's.
     """
-    from methods.backbone import load_backbone
-    from methods.base import build_method
-    from stream.config import RunConfig
-    from stream.ledger import Ledger
-    from stream.runner import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE, resolve_tasks
-    from stream.scenario import ArrivalBuilder, resolve_order
-
     run_dir = Path(run_dir)
     config = RunConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
     spec = next((m for m in config.methods if m.resolved_label == label), None)

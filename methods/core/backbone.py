@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stream.errors import ConfigError
+from stream.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Backbone:
         identity: what the backbone is (Hub id, local path, or the bundled model's name).
         encoder: the pristine encoder; frozen, in eval mode, never to be trained or mutated.
         tokenizer: the matching tokenizer.
-        pooling: how the task head reads the encoder's output (see :class:`methods.task_model.TaskModel`).
+        pooling: how the task head reads the encoder's output (see :class:`methods.core.task_model.TaskModel`).
         fingerprint: sha256 of the encoder's state, recorded in every artifact's sidecar.
         device: where the encoder lives; every task model is built there.
     """

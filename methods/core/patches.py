@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from methods.task_model import TaskHead, TaskModel
+from methods.core.task_model import TaskHead, TaskModel
 
 
 class Edit(abc.ABC):

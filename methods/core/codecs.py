@@ -40,8 +40,8 @@ Masks
     minority symbol with the position encoder: at 5% zeros that is ~0.31 bits per element against
     H2(0.05) = 0.29 (:func:`mask_lower_bound_bits`).
 
-Errors: bad arguments raise ``ValueError`` (a :class:`~stream.errors.ConfigError` for an unknown scheme or
-dtype); a payload or meta that does not decode to what it claims raises :class:`~stream.errors.ArtifactError`.
+Errors: bad arguments raise ``ValueError`` (a :class:`~stream.core.errors.ConfigError` for an unknown scheme or
+dtype); a payload or meta that does not decode to what it claims raises :class:`~stream.core.errors.ArtifactError`.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from stream.errors import ArtifactError
-from stream.validation import check_choice
+from stream.core.errors import ArtifactError
+from stream.core.validation import check_choice
 
 POSITION_SCHEMES = ("empty", "full", "plain", "varint", "bitmap", "ef")
 VALUE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -329,7 +329,7 @@ _DECODERS = {"empty": _decode_empty, "full": _decode_full, "plain": _decode_plai
 def decode_positions(enc: EncodedPositions) -> np.ndarray:
     """Decode to the sorted int64 indices (count,) that were encoded.
 
-    Raises :class:`~stream.errors.ArtifactError` if the payload does not decode to ``count`` sorted,
+    Raises :class:`~stream.core.errors.ArtifactError` if the payload does not decode to ``count`` sorted,
     unique indices below ``numel`` (a truncated or tampered artifact).
     """
     for field in ("numel", "count"):
@@ -445,7 +445,7 @@ def unpack_sparse_tensors(tensors: Mapping[str, torch.Tensor],
                           meta: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, torch.Tensor]]:
     """Inverse of :func:`pack_sparse_tensors`: ``{name: (idx int64 (k,), values (k,))}``.
 
-    The values are views into the packed values tensor. Raises :class:`~stream.errors.ArtifactError` if
+    The values are views into the packed values tensor. Raises :class:`~stream.core.errors.ArtifactError` if
     the tensors and meta do not agree.
     """
     _check_meta(meta, SPARSE_FORMAT, ("numel", "scheme", "count", "nbytes"))

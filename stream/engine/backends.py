@@ -1,8 +1,8 @@
 """Where a study's runs execute: a pool of local worker processes, or Ray tasks.
 
-Both take a list of :class:`~stream.sweep.RunJob` and call ``on_finish`` with one
-:class:`~stream.sweep.RunOutcome` per job (never raising for a failed run) and ``on_tick`` about every
-``poll_seconds`` so progress can be shown.
+Both take a list of :class:`RunJob`, run each with :func:`execute_run` (the ordinary arrival loop, in a
+worker), and call ``on_finish`` with one :class:`RunOutcome` per job (never raising for a failed run) and
+``on_tick`` about every ``poll_seconds`` so progress can be shown.
 
 Local: worker processes start once and run job after job, so the heavy imports (torch, transformers) and
 the backbone load are paid once per worker, not once per run. Workers come from a ``forkserver`` (which
@@ -18,31 +18,125 @@ same path (one machine, or a shared filesystem), since runs write their files th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
 import site
+import socket
 import threading
 import time
+import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from stream.errors import ConfigError, TaskstreamError
-from stream.sweep import RunJob, RunOutcome, configure_worker_threads, execute_run
+from methods.core.backbone import load_backbone
+from stream.core.errors import ConfigError, TaskstreamError
+from stream.engine.config import RunConfig
+from stream.engine.runner import run_stream
+from stream.engine.study import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-OnFinish = Callable[[RunOutcome], None]
-OnTick = Callable[[], None]
 # Environment variables a Ray worker needs from the driver when the cluster did not inherit them.
 _FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "TASKSTREAM_DATA_DIR")
 # Imported once by the forkserver, so every worker forked from it starts with them loaded (they take
 # seconds each; a missing one is skipped by multiprocessing).
-_PRELOAD = ["stream.sweep", "transformers.modeling_utils", "transformers.models.auto.modeling_auto",
+_PRELOAD = ["stream.engine.backends", "transformers.modeling_utils", "transformers.models.auto.modeling_auto",
             "transformers.models.auto.tokenization_auto"]
+
+RUN_LOG = "run.log"
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """What a worker needs to execute one run (picklable: sent to worker processes and Ray tasks)."""
+
+    run_id: str
+    run_dir: str
+    status_path: str
+    config: RunConfig
+    threads: int
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How one run ended: ``ok``, or the error and its traceback."""
+
+    run_id: str
+    ok: bool
+    seconds: float
+    worker: str
+    error: str | None = None
+    traceback: str | None = None
+
+
+OnFinish = Callable[[RunOutcome], None]
+OnTick = Callable[[], None]
+
+
+def configure_worker_threads(threads: int) -> None:
+    """Limit torch (and the tokenizers' thread pool) to ``threads`` in this worker process."""
+    import torch
+
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+# One backbone per worker process, reused by its successive runs (loading it costs seconds, and it is
+# verified unchanged after every step of every run, so sharing it between runs is safe).
+_BACKBONE_CACHE: dict[tuple[str, str, str], object] = {}
+
+
+def _backbone_for(config: RunConfig):
+    key = (config.backbone, config.pooling, config.device)
+    if key not in _BACKBONE_CACHE:
+        _BACKBONE_CACHE.clear()
+        _BACKBONE_CACHE[key] = load_backbone(config.backbone, pooling=config.pooling, device=config.device)
+    return _BACKBONE_CACHE[key]
+
+
+@contextlib.contextmanager
+def _run_log(run_dir: Path) -> Iterator[None]:
+    """Send this process's log records to ``run_dir/run.log`` while the run executes."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / RUN_LOG, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    if previous > logging.INFO:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+        handler.close()
+
+
+def execute_run(job: RunJob, worker: str | None = None) -> RunOutcome:
+    """Run (or resume) one study run in this process; every exception becomes a failed outcome."""
+    worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+    configure_worker_threads(job.threads)
+    atomic_write_json(Path(job.status_path), {"run_id": job.run_id, "state": "running", "worker": worker,
+                                              "host": socket.gethostname(), "pid": os.getpid(),
+                                              "threads": job.threads,
+                                              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    start = time.perf_counter()
+    run_dir = Path(job.run_dir)
+    try:
+        with _run_log(run_dir):
+            run_stream(job.config, run_dir, progress=False, backbone=_backbone_for(job.config))
+    except Exception as exc:  # recorded, never raised: one failed run must not stop the others
+        return RunOutcome(job.run_id, False, time.perf_counter() - start, worker,
+                          error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    return RunOutcome(job.run_id, True, time.perf_counter() - start, worker)
 
 
 def _death_message(exitcode: int | None) -> str:
@@ -96,7 +190,7 @@ def _forkserver_imports_this_package() -> bool:
     site-packages (Python 3.11 ignores the parent's sys.path changes there), so an uninstalled checkout
     run from elsewhere, or another checkout in the current directory, would load the wrong code.
     """
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # stream/engine/backends.py -> the source tree
     cwd = Path.cwd().resolve()
     if cwd != root and (cwd / "stream").is_dir():
         return False
@@ -218,7 +312,7 @@ def _import_ray():
 
 def _ray_worker_env(threads: int) -> dict[str, str]:
     """Thread limits, offline switches, and the path of this source tree (for uninstalled checkouts)."""
-    source_root = str(Path(__file__).resolve().parents[1])
+    source_root = str(Path(__file__).resolve().parents[2])
     paths = [source_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = {"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}

@@ -17,17 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from methods.backbone import DEFAULT_BACKBONE, POOLINGS
-from methods.base import get_method_class
-from stream.errors import ConfigError
-from stream.scenario import Budget
-from stream.tasks import CustomTaskSpec, get_task
-from stream.validation import check_choice, check_int
+from methods.core.backbone import DEFAULT_BACKBONE, POOLINGS
+from methods.core.base import get_method_class
+from stream.core.errors import ConfigError
+from stream.core.scenario import Budget
+from stream.core.sources import CustomFileSource, RoutedSource, resolve_source
+from stream.core.tasks import CustomTaskSpec, TaskSpec, get_task
+from stream.core.validation import check_choice, check_int
 
 DEFAULT_TASKS = ("cola", "sst2", "mrpc", "stsb", "rte")
 DEFAULT_METHODS = ("full", "last_layer")
 DEFAULT_HUB_REPO = "nyu-mll/glue"
-#: Avalanche loggers a run can write (see stream.avalanche_log).
+#: Avalanche loggers a run can write (see stream.engine.avalanche_log).
 AVALANCHE_LOGGERS = ("csv", "tensorboard", "text")
 #: Training precisions: ``auto`` is bf16 autocast where the hardware computes bf16 natively (a CPU with
 #: AVX512-BF16 or AMX, a CUDA device with bf16), else fp32.
@@ -348,3 +349,13 @@ def config_differences(saved: Mapping[str, Any], requested: Mapping[str, Any]) -
         if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
             lines.append(f"{key}: {json.dumps(old, sort_keys=True)} -> {json.dumps(new, sort_keys=True)}")
     return lines
+
+
+def resolve_tasks(config: RunConfig) -> tuple[dict[str, TaskSpec], Any]:
+    """The task specs of a run (GLUE or custom) and the data source that serves them."""
+    custom = {c.name: c for c in config.custom_tasks if c.name in config.tasks}
+    glue = [name for name in config.tasks if name not in custom]
+    default = resolve_source(config.data_dir, hub_repo=config.hub_repo) if glue else None
+    source = RoutedSource(default, {name: CustomFileSource(name, c.files) for name, c in custom.items()})
+    specs = {name: custom[name].to_task_spec() if name in custom else get_task(name) for name in config.tasks}
+    return specs, source

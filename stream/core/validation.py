@@ -1,6 +1,6 @@
 """Small checks used by every config dataclass's ``__post_init__``.
 
-Each check raises :class:`~stream.errors.ConfigError` with a message in one shape:
+Each check raises :class:`~stream.core.errors.ConfigError` with a message in one shape:
 ``"<owner>.<field> must be <rule>; got <value!r>."`` so users see the field, the rule and the value.
 """
 
@@ -11,7 +11,7 @@ import numbers
 from collections.abc import Iterable
 from typing import Any
 
-from stream.errors import ConfigError
+from stream.core.errors import ConfigError
 
 
 def _where(owner: str, field: str) -> str:

@@ -18,23 +18,17 @@ from typing import Any
 
 import torch
 
-from methods.backbone import Backbone, load_backbone, resolve_precision
-from methods.base import Method, Sharing, build_method, get_method_class
-from methods.training import evaluate
-from stream.config import MethodSpec, RunConfig, config_differences
-from stream.errors import ArtifactError, RunDirectoryError
-from stream.ledger import Ledger, cumulative_bytes, params_multiplier
-from stream.scenario import ArrivalBuilder, resolve_order
-from stream.sources import RoutedSource, resolve_source
-from stream.store import ArtifactKey, ArtifactStore
-from stream.tasks import TaskSpec, get_task
+from methods.core.backbone import Backbone, load_backbone, resolve_precision
+from methods.core.base import Method, build_method, get_method_class
+from methods.core.training import evaluate
+from stream.core.errors import ArtifactError, RunDirectoryError
+from stream.core.ledger import Ledger, Sharing, cumulative_bytes, params_multiplier
+from stream.core.rundir import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE, VERSIONS_FILE
+from stream.core.scenario import ArrivalBuilder, resolve_order
+from stream.core.store import ArtifactKey, ArtifactStore
+from stream.engine.config import MethodSpec, RunConfig, config_differences, resolve_tasks
 
 logger = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.json"
-VERSIONS_FILE = "versions.json"
-LEDGER_FILE = "ledger.jsonl"
-ARTIFACTS_DIR = "artifacts"
 
 
 def package_versions() -> dict[str, str]:
@@ -65,16 +59,6 @@ def prepare_run_dir(run_dir: Path, config: RunConfig) -> None:
         return
     config_path.write_text(json.dumps(requested, indent=2, sort_keys=True) + "\n")
     (run_dir / VERSIONS_FILE).write_text(json.dumps(package_versions(), indent=2, sort_keys=True) + "\n")
-
-
-def resolve_tasks(config: RunConfig) -> tuple[dict[str, TaskSpec], Any]:
-    """The task specs of a run (GLUE or custom) and the data source that serves them."""
-    custom = {c.name: c for c in config.custom_tasks if c.name in config.tasks}
-    glue = [name for name in config.tasks if name not in custom]
-    default = resolve_source(config.data_dir, hub_repo=config.hub_repo) if glue else None
-    source = RoutedSource(default, {name: c.source() for name, c in custom.items()})
-    specs = {name: custom[name].to_task_spec() if name in custom else get_task(name) for name in config.tasks}
-    return specs, source
 
 
 @dataclass
@@ -286,7 +270,7 @@ def run_stream(config: RunConfig, run_dir: str | Path, *, progress: bool = True,
         method = build_method(spec.name, spec.task_options(None), backbone)
         log = None
         if config.avalanche_loggers:
-            from stream.avalanche_log import run_log
+            from stream.engine.avalanche_log import run_log
 
             log = run_log(run_dir, spec.resolved_label, config.avalanche_loggers, method, builder, order, store,
                           ledger, backbone, eval_batch_size=config.budget.eval_batch_size)

@@ -8,11 +8,11 @@ the way the GLUE leaderboard forms it:
 2. the mean of that over the evaluated test splits (MNLI: mean of matched and mismatched when both were
    evaluated; only matched when the mismatched split is not available).
 
-The arithmetic lives in :func:`analysis.metrics.task_score`; this module defines which metrics a task has.
-Metric values are percentages (x100), see :mod:`analysis.metrics`.
+The arithmetic lives in :func:`stream.core.metrics.task_score`; this module defines which metrics a task has.
+Metric values are percentages (x100), see :mod:`stream.core.metrics`.
 
 Custom tasks from the user's own files are described by :class:`CustomTaskSpec`, which turns into a
-:class:`TaskSpec` plus a data source that serves its files.
+:class:`TaskSpec`; :class:`stream.core.sources.CustomFileSource` serves its files.
 """
 
 from __future__ import annotations
@@ -24,17 +24,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stream.errors import ConfigError
-from stream.sources import SUPPORTED_EXTENSIONS, CustomFileSource, file_format
-from stream.validation import check_choice, unknown_name_error
+from stream.core.errors import ConfigError
+from stream.core.validation import check_choice, unknown_name_error
 
 #: Metrics for classification tasks. ``f1`` is binary F1 of label id 1, as GLUE reports it for MRPC and QQP.
 CLASSIFICATION_METRICS = ("accuracy", "f1", "matthews_correlation")
 #: Metrics for regression tasks (STS-B style).
 REGRESSION_METRICS = ("pearson", "spearman")
+#: File extensions (formats) a task's files may have: what the local and custom data sources read.
+SUPPORTED_EXTENSIONS = ("jsonl.gz", "jsonl", "json", "parquet", "csv", "tsv")
 
 # Task names become directory and file names in run directories, so keep them path-safe.
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def file_format(path: str | Path) -> str | None:
+    """The format (one of :data:`SUPPORTED_EXTENSIONS`) implied by ``path``'s name, or ``None``."""
+    name = Path(path).name.lower()
+    return next((ext for ext in SUPPORTED_EXTENSIONS if name.endswith("." + ext)), None)
 
 
 def _check_name(owner: str, field_name: str, value: Any) -> None:
@@ -265,7 +272,3 @@ class CustomTaskSpec:
         return TaskSpec(name=self.name, text_columns=self.text_columns, label_names=self.label_names,
                         metrics=self.metrics, train_split=self.train_split, test_splits=self.test_splits,
                         label_column=self.label_column)
-
-    def source(self) -> CustomFileSource:
-        """A data source serving this task's files."""
-        return CustomFileSource(self.name, self.files)

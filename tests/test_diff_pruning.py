@@ -19,7 +19,7 @@ from methods.core.codecs import positions_lower_bound_bits, unpack_sparse_tensor
 from methods.core.flat_params import FlatLayout, FunctionalEncoder, layer_of
 from methods.core.hard_concrete import HardConcrete
 from methods.core.task_model import TaskHead, TaskModel
-from methods.diff_pruning import (DiffEncoder, DiffPruningConfig, DiffPruningNonadaptiveConfig,
+from methods.diff_pruning import (CLOSED_LOG_ALPHA, DiffEncoder, DiffPruningConfig, DiffPruningNonadaptiveConfig,
                                   DiffPruningUnstructuredConfig, GatedDiff, scheduled_density, stage_budget_steps,
                                   stage_steps, target_nonzeros, top_k_positions)
 from stream.core.errors import ArtifactError, ConfigError
@@ -334,13 +334,33 @@ def test_density_schedule_is_cubic_from_start_to_target():
     assert values[5] == pytest.approx(0.01 + 0.98 * 0.5 ** 3)
 
 
+def test_the_controller_closes_the_lowest_gates_first_and_ties_in_index_order(tiny_backbone):
+    """Equal gates (every gate starts at alpha_init) must not all close together: a decoupled step that
+    moves equal gates equally took SST-2's stage 1 from 98% to 0.0001% open within a few steps."""
+    layout = FlatLayout(tiny_backbone.encoder)
+    source = GatedDiff(layout, DiffPruningUnstructuredConfig())
+    n = layout.numel
+    with torch.no_grad():
+        source.diff_log_alpha.fill_(5.0)
+        source.diff_log_alpha[: n // 4] = torch.linspace(0.1, 4.0, n // 4)  # the lowest quarter, distinct
+    source.close_lowest(0.5)
+    log_alpha = source.diff_log_alpha.detach()
+    assert int((log_alpha > 0).sum()) == pytest.approx(n // 2, rel=0.01)
+    assert bool((log_alpha[: n // 4] < 0).all())  # the lowest gates closed first ...
+    closed_ties = log_alpha[n // 4:] < 0
+    assert bool(closed_ties[: int(closed_ties.sum())].all())  # ... then the tied ones, in index order
+    assert float(log_alpha[log_alpha < 0].max()) == CLOSED_LOG_ALPHA
+    source.close_lowest(0.9)  # never reopens
+    assert int((source.diff_log_alpha > 0).sum()) == int((log_alpha > 0).sum())
+
+
 @pytest.mark.parametrize("name", ["diff_pruning", "diff_pruning_unstructured"])
 def test_the_l0_stage_prunes_to_the_target_by_itself(name, tiny_backbone, glue_dir):
     """The controller holds the expected density to its schedule: stage 1 ends within 2x of the target
     with the projection left to trim; the paper's fixed penalty closes almost nothing in the same steps."""
     budget = dataclasses.replace(BUDGET, epochs=12)  # 48 steps
     arrival = dataclasses.replace(_arrival(tiny_backbone, glue_dir), budget=budget)
-    options = {**OPTIONS, "alpha_learning_rate": 0.5, "l0_gain": 0.5}
+    options = {**OPTIONS, "alpha_learning_rate": 0.5}
     controlled = build_method(name, options, tiny_backbone).train(arrival).payload.meta["l0_stage"]
     target = OPTIONS["target_density"]
     assert controlled["expected_density"] <= 2 * target and controlled["density"] <= 2 * target

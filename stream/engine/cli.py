@@ -36,7 +36,7 @@ def _add_run_parser(sub) -> None:
     p.add_argument("--run-dir", type=Path, help=f"run directory (default: {DEFAULT_RUN_DIR})")
     p.add_argument("--data-dir", type=Path, help=f"local GLUE data: the Hub layout (<task>/<split>.jsonl.gz) or a "
                                                  f"glue_data/ folder of TSVs (default: ${DATA_DIR_ENV}, else the Hub)")
-    p.add_argument("--tasks", help="comma-separated task names in arrival order (default: cola,sst2,mrpc,stsb,rte)")
+    p.add_argument("--tasks", help="comma-separated task names in arrival order (default: sst2,stsb)")
     p.add_argument("--order-seed", type=int, help="shuffle the task order with this seed")
     p.add_argument("--methods", help="comma-separated methods, each name[:key=value...], e.g. full,last_layer:k=2")
     p.add_argument("--backbone", help="Hub id or local model folder (default: the bundled all-MiniLM-L6-v2)")

@@ -51,6 +51,12 @@ def chance_scores(study_dir: Path) -> dict[str, dict]:
     return {task: builder.chance(task) for task in specs}
 
 
+def study_ladder(study_dir: Path) -> list[int]:
+    """Every budget (max_steps) the study's spec lists, finished or not."""
+    study = json.loads((study_dir / "study.json").read_text())
+    return sorted({run["config"]["budget"]["max_steps"] for run in study["runs"]})
+
+
 def curves(study_dir: Path) -> dict[str, list[dict]]:
     """task -> [{steps, dev, test, train_seconds}] over the ladder, sorted by steps."""
     table = load_ledger(study_dir)
@@ -63,18 +69,21 @@ def curves(study_dir: Path) -> dict[str, list[dict]]:
     return {task: sorted(points, key=lambda p: p["steps"]) for task, points in out.items()}
 
 
-def choose(points: list[dict], tolerance: float, floor: float) -> int | None:
+def choose(points: list[dict], tolerance: float, floor: float, ladder: list[int]) -> int | str:
     """The smallest budget whose dev score clears ``floor`` and is within ``tolerance`` of its double's;
-    None if none qualifies."""
+    ``"pending"`` when a budget that could still qualify lacks its double's run (the study is unfinished),
+    ``"none"`` when the whole ladder is measured and nothing qualifies."""
     by_steps = {p["steps"]: p for p in points}
     for point in points:
         double = by_steps.get(2 * point["steps"])
+        if double is None and 2 * point["steps"] in ladder and point["dev"] > floor:
+            return "pending"
         if double is not None and point["dev"] > floor and point["dev"] >= double["dev"] - tolerance:
             return point["steps"]
-    return None
+    return "pending" if len(points) < len(ladder) else "none"
 
 
-def figure(data: dict[str, list[dict]], chosen: dict[str, int | None], chance: dict[str, dict], path: Path) -> None:
+def figure(data: dict[str, list[dict]], chosen: dict[str, int | str], chance: dict[str, dict], path: Path) -> None:
     tasks = list(data)
     ladder = sorted({p["steps"] for points in data.values() for p in points})
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.6), sharex=True)
@@ -87,7 +96,7 @@ def figure(data: dict[str, list[dict]], chosen: dict[str, int | None], chance: d
         ax.axhline(floor, color="grey", lw=1, ls=":", label="chance (majority label)")
         ax.axhspan(floor, floor + chance[task]["noise_band"], color="grey", alpha=0.12, lw=0,
                    label="within noise of chance")
-        if chosen[task] is not None:
+        if isinstance(chosen[task], int):
             ax.axvline(chosen[task], color="tab:red", lw=1, alpha=0.6)
             ax.annotate(f"chosen {chosen[task]}", (chosen[task], 0.04), xycoords=("data", "axes fraction"),
                         xytext=(4, 0), textcoords="offset points", color="tab:red", fontsize=8)
@@ -113,22 +122,24 @@ def main() -> int:
     args = parser.parse_args()
     data = curves(args.study_dir)
     chance = chance_scores(args.study_dir)
-    chosen = {task: choose(points, args.tolerance, chance[task]["chance_score"] + chance[task]["noise_band"])
+    ladder = study_ladder(args.study_dir)
+    chosen = {task: choose(points, args.tolerance, chance[task]["chance_score"] + chance[task]["noise_band"], ladder)
               for task, points in data.items()}
-    ladder = sorted({p["steps"] for points in data.values() for p in points})
     lines = ["# Budget study: how many steps full finetuning needs per task", "",
              f"Study: `bench/studies/budget.toml` (one run per budget; all training rows, SST-2 capped at 20,000; "
              f"batch 32; bf16 autocast, length-grouped batches; seed 0). Chosen budget: the smallest on the ladder "
              f"whose dev score is within {args.tolerance:g} point of the dev score at twice the budget and above the "
              "chance score plus its noise band (chance: always the majority training label; band: two standard "
-             "errors of guessing on the test rows).", "",
+             "errors of guessing on the test rows). \"pending\": the study is unfinished and the budget that could "
+             "qualify lacks its double's run; \"none\": no budget on the ladder qualifies. An empty cell: that run "
+             "has not reached the task yet (re-running the sweep resumes it).", "",
              "| task | chance | " + " | ".join(f"{s} steps dev / test" for s in ladder) + " | chosen |",
              "|---|---:|" + "---:|" * len(ladder) + "---:|"]
     for task, points in data.items():
         by_steps = {p["steps"]: p for p in points}
         cells = [f"{by_steps[s]['dev']:.1f} / {by_steps[s]['test']:.1f}" if s in by_steps else "" for s in ladder]
         lines.append(f"| {task} | {chance[task]['chance_score']:.1f} (+-{chance[task]['noise_band']:.1f}) | "
-                     + " | ".join(cells) + f" | {chosen[task] if chosen[task] is not None else 'none'} |")
+                     + " | ".join(cells) + f" | {chosen[task]} |")
     lines += ["", "Training seconds per run (1 thread, machine shared with other jobs):", "",
               "| task | " + " | ".join(str(s) for s in ladder) + " |", "|---|" + "---:|" * len(ladder)]
     for task, points in data.items():

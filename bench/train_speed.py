@@ -136,7 +136,7 @@ def report(results: dict, args, weights: dict[str, float]) -> tuple[str, dict]:
              f"Same rows per (task, method); {args.steps} timed steps after {args.warmup} warm-up, batch "
              f"{args.batch_size}, length <= {args.max_seq_length}, {args.rounds} interleaved round(s); CPU "
              "seconds per optimizer step (process time, all threads), median over rounds. Speed-up = before / "
-             "configuration.", "",
+             f"configuration. Load average when it finished: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.", "",
              "| method | task | before CPU s/step | bf16 | grouped | after (both) |", "|---|---|---:|---:|---:|---:|"]
     summary = {}
     for method in args.methods:
@@ -161,7 +161,7 @@ def report(results: dict, args, weights: dict[str, float]) -> tuple[str, dict]:
               f"{json.dumps(weights)} steps (before / after = the speed-up at equal steps):", "",
               "| method | before CPU s | after CPU s | speed-up | bf16 alone | grouped alone |", "|---|---:|---:|---:|---:|---:|"]
     for method, totals in summary.items():
-        lines.append(f"| {method} | {totals['before']:.0f} | {totals['after']:.0f} | "
+        lines.append(f"| {method} | {totals['before']:.2f} | {totals['after']:.2f} | "
                      f"{totals['before'] / totals['after']:.2f}x | {totals['before'] / totals['bf16']:.2f}x | "
                      f"{totals['before'] / totals['grouped']:.2f}x |")
     record = {"args": {k: str(v) for k, v in vars(args).items()}, "weights": weights,

@@ -47,3 +47,16 @@ def test_backbone_and_source(monkeypatch, tmp_path):
         demo.demo_source()
     (tmp_path / "ledger.jsonl").write_text("")
     assert demo.demo_source() == tmp_path
+
+
+def test_check_claim_enforces_trained_claims_only_outside_smoke_mode(monkeypatch, capsys):
+    monkeypatch.delenv(demo.SMOKE_ENV, raising=False)
+    demo.check_claim("gates close", True)
+    assert "checked: gates close" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="'gates close'.*does not bear it out"):
+        demo.check_claim("gates close", False)
+    monkeypatch.setenv(demo.SMOKE_ENV, "1")
+    demo.check_claim("gates close", False)
+    assert "not checked in smoke mode" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="smaller file"):
+        demo.check_claim("the coded mask is the smaller file", False, trained=False)

@@ -12,6 +12,10 @@ Environment variables:
   working directory, which is the notebook's folder in Jupyter).
 - ``TASKSTREAM_NOTEBOOK_SOURCE``: a finished run or study directory for the notebooks that analyse one
   (03_storage_scaling) instead of running a small stream themselves.
+
+A notebook's text states claims about its own run (a method beats chance, gates close); :func:`check_claim`
+holds the text to the run, so a claim that stops being true fails the notebook instead of misleading a
+reader.
 """
 
 from __future__ import annotations
@@ -35,6 +39,25 @@ _TRUE = {"1", "true", "yes", "on"}
 def smoke_mode() -> bool:
     """Whether ``TASKSTREAM_NOTEBOOK_SMOKE`` asks for the tiny smoke-test budgets."""
     return os.environ.get(SMOKE_ENV, "").strip().lower() in _TRUE
+
+
+def check_claim(claim: str, holds: bool, *, trained: bool = True) -> None:
+    """Check one claim a notebook's text makes about its run: print it as checked, or raise AssertionError
+    naming it when the run does not bear it out.
+
+    ``trained=True`` marks a claim that only training at the notebook's normal budget can make true (a score
+    above chance, gates closing): in smoke mode, whose budgets train next to nothing, the condition is still
+    computed (so a renamed column or a broken table fails the smoke test) but only reported, not enforced.
+    Claims about shapes and bytes (``trained=False``) hold at any budget and are enforced in smoke mode too.
+    """
+    holds = bool(holds)
+    if holds:
+        print(f"checked: {claim}")
+    elif trained and smoke_mode():
+        print(f"not checked in smoke mode (tiny budgets): {claim}")
+    else:
+        raise AssertionError(f"The notebook's text claims: {claim!r}, and this run does not bear it out. "
+                             "Correct the text (or the settings) so that it says what the run shows.")
 
 
 def demo_data_dir(start: str | Path | None = None) -> str | None:

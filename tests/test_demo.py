@@ -49,7 +49,7 @@ def test_backbone_and_source(monkeypatch, tmp_path):
     assert demo.demo_source() == tmp_path
 
 
-def test_check_claim_enforces_trained_claims_only_outside_smoke_mode(monkeypatch, capsys):
+def test_check_claim_enforces_claims_outside_smoke_mode_and_structural_ones_always(monkeypatch, capsys):
     monkeypatch.delenv(demo.SMOKE_ENV, raising=False)
     demo.check_claim("gates close", True)
     assert "checked: gates close" in capsys.readouterr().out
@@ -58,5 +58,5 @@ def test_check_claim_enforces_trained_claims_only_outside_smoke_mode(monkeypatch
     monkeypatch.setenv(demo.SMOKE_ENV, "1")
     demo.check_claim("gates close", False)
     assert "not checked in smoke mode" in capsys.readouterr().out
-    with pytest.raises(AssertionError, match="smaller file"):
-        demo.check_claim("the coded mask is the smaller file", False, trained=False)
+    with pytest.raises(AssertionError, match="never cross"):
+        demo.check_claim("two shared-backbone lines never cross", False, any_settings=True)

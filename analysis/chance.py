@@ -77,8 +77,9 @@ def plot_task_scores(scores: pd.DataFrame, *, title: str = "Final score per task
     for ax, task in zip(axes, tasks):
         rows = scores[scores["task"] == task].set_index("method").reindex(methods)
         chance, band = float(rows["chance_score"].iloc[0]), float(rows["noise_band"].iloc[0])
-        ax.axhspan(chance, chance + band, color="grey", alpha=0.2, linewidth=0)
-        ax.axhline(chance, color="black", linestyle="--", linewidth=1)
+        # Drawn over the bars (translucent), so the floor stays visible across every bar.
+        ax.axhspan(chance, chance + band, color="grey", alpha=0.35, linewidth=0, zorder=3)
+        ax.axhline(chance, color="black", linestyle="--", linewidth=1, zorder=4)
         for x, (method, row) in enumerate(rows.iterrows()):
             ax.bar(x, row["score"], color=colors[method], hatch="//" if row["within_noise"] else None,
                    edgecolor="black" if row["within_noise"] else colors[method], linewidth=0.6)

@@ -93,7 +93,7 @@ def plot_task_scores(scores: pd.DataFrame, *, title: str = "Final score per task
     axes[0].set_ylabel("test score (0-100)")
     handles = [Patch(facecolor="white", edgecolor="black", hatch="//"), Patch(color="grey", alpha=0.4),
                ax.get_lines()[0]]
-    fig.legend(handles, ["within noise of chance", "chance .. chance + noise band", "chance score"],
+    fig.legend(handles, ["not above chance + noise band", "chance .. chance + noise band", "chance score"],
                loc="outside lower center", ncols=3, fontsize=8)
     fig.suptitle(title, fontsize=10)
     return fig

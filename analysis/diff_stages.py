@@ -2,9 +2,10 @@
 
 Diff pruning (:mod:`methods.diff_pruning`) writes into each artifact's ``meta["l0_stage"]``:
 
-- ``expected_density_trace``: ``[[step, expected density(, scheduled density)], ...]`` during the L0 stage,
-  where the expected density is sum_i P(z_i != 0) / N (what the L0 penalty pulls down), from step 0 on, and
-  the scheduled density is what the density controller held it to (absent with a fixed penalty);
+- ``expected_density_trace``: ``[[step, expected density(, scheduled density, open fraction)], ...]`` during
+  the L0 stage, where the expected density is sum_i P(z_i != 0) / N (what the L0 penalty pulls down), from
+  step 0 on, the scheduled density is what the density controller held the open fraction to, and the open
+  fraction is the share of gates open under the evaluation gates (the last two absent with a fixed penalty);
 - ``projection``: what the magnitude projection saw: a histogram of log10 |diff| over the nonzero entries
   (``log10_range`` [low, high] split into ``len(counts)`` equal bins), the number of exact ``zeros``, the
   ``threshold`` (the smallest kept magnitude) and how many entries were ``kept``;
@@ -51,6 +52,7 @@ def density_traces(table: pd.DataFrame) -> pd.DataFrame:
 
     Columns: ``run``, ``method``, ``budget``, ``task``, ``step`` (the arrival), ``l0_step``,
     ``expected_density``, ``scheduled_density`` (the controller's schedule; NaN with a fixed penalty),
+    ``open_fraction`` (gates open under the evaluation gates; NaN with a fixed penalty),
     ``target_density`` (the method's projection target, from its config), and the
     stage's outcome: ``best_step`` (the L0 step whose state model selection kept) and ``stage1_density``
     (that state's nonzero fraction under the evaluation gates). Artifacts of variants without gates
@@ -60,13 +62,14 @@ def density_traces(table: pd.DataFrame) -> pd.DataFrame:
     for record, sidecar in _sidecars(table):
         target = sidecar.get("config", {}).get("target_density", math.nan)
         stage = sidecar["meta"]["l0_stage"]
-        for l0_step, density, *scheduled in stage.get("expected_density_trace", []):
+        for l0_step, density, *controlled in stage.get("expected_density_trace", []):
             rows.append({**_key(record), "l0_step": int(l0_step), "expected_density": float(density),
-                         "scheduled_density": float(scheduled[0]) if scheduled else math.nan,
+                         "scheduled_density": float(controlled[0]) if controlled else math.nan,
+                         "open_fraction": float(controlled[1]) if len(controlled) > 1 else math.nan,
                          "target_density": target, "best_step": int(stage["best_step"]),
                          "stage1_density": float(stage["density"])})
     columns = ["run", "method", "budget", "task", "step", "l0_step", "expected_density", "scheduled_density",
-               "target_density", "best_step", "stage1_density"]
+               "open_fraction", "target_density", "best_step", "stage1_density"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -95,16 +98,27 @@ def projection_histograms(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_density_traces(traces: pd.DataFrame, *,
-                        title: str = "The L0 penalty at work: expected density during stage 1") -> Figure:
-    """Expected density sum P(z != 0) / N against the L0-stage step, one line per (method, task), on a
-    log scale; a cross at the state the stage kept (its best dev score) marks that state's actual nonzero
-    fraction under the evaluation gates; each method's projection target is a dashed line."""
+                        title: str = "The L0 stage at work: density during stage 1") -> Figure:
+    """The L0 stage's densities against its step, one colour per (method, task), on a log scale: the
+    expected density sum P(z != 0) / N (solid) and, where the density controller ran, its schedule (dotted)
+    and the fraction of gates open under the evaluation gates (dashed: the gates that have really closed);
+    a cross at the state the stage kept (its best dev score) marks that state's actual nonzero fraction
+    under the evaluation gates; each method's projection target is a grey dashed line."""
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
     for index, ((method, task), rows) in enumerate(traces.groupby(["method", "task"], sort=False)):
         color = f"C{index % 10}"
-        line = rows.groupby("l0_step", sort=True)["expected_density"].mean()  # over runs
-        ax.plot(line.index, line.to_numpy(), marker="o", markersize=3, color=color, label=f"{method} ({task})")
+        by_step = rows.groupby("l0_step", sort=True)  # means over runs
+        line = by_step["expected_density"].mean()
+        ax.plot(line.index, line.to_numpy(), marker="o", markersize=3, color=color,
+                label=f"{method} ({task}): expected density")
+        if rows["open_fraction"].notna().any():
+            opened = by_step["open_fraction"].mean()
+            ax.plot(opened.index, opened.to_numpy(), linestyle="--", color=color,
+                    label=f"{method} ({task}): open gates (evaluation)")
+            scheduled = by_step["scheduled_density"].mean()
+            ax.plot(scheduled.index, scheduled.to_numpy(), linestyle=":", color=color, linewidth=1.2,
+                    label=f"{method} ({task}): scheduled")
         kept = rows.drop_duplicates("run")
         ax.scatter(kept["best_step"], kept["stage1_density"], marker="X", s=70, color=color, edgecolors="black",
                    linewidths=0.5, zorder=3)
@@ -114,13 +128,13 @@ def plot_density_traces(traces: pd.DataFrame, *,
                     xytext=(2, 4), fontsize=8, color="grey")
     ax.set_yscale("log")
     ax.set_xlabel("L0-stage step")
-    ax.set_ylabel("expected density  Σ P(z≠0) / N")
+    ax.set_ylabel("fraction of the N weights (log scale)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], marker="X", linestyle="", color="grey", markeredgecolor="black", markersize=8))
     labels.append("kept state: nonzero fraction under the evaluation gates")
-    ax.legend(handles, labels, fontsize=8)
+    ax.legend(handles, labels, fontsize=7)
     return fig
 
 

@@ -83,9 +83,12 @@ def plot_accuracy_matrices(table: pd.DataFrame, configurations: list[tuple[str, 
 
 
 def plot_placement(summary: pd.DataFrame, method: str, budget: str | None = None, *,
-                   title: str | None = None) -> Figure:
+                   title: str | None = None, vmax: float | None = None) -> Figure:
     """Where one configuration's task pieces land: per task, the fraction of each (layer, kind of weight)
-    changed, from :func:`analysis.placement.placement_summary`. Grey cells: not covered by the method."""
+    changed, from :func:`analysis.placement.placement_summary`. Grey cells: not covered by the method.
+
+    ``vmax`` (in percent) fixes the top of the colour scale, so that figures of several configurations
+    share one scale and their colours compare; default: this configuration's largest cell."""
     rows = summary[summary["method"] == method]
     if budget is not None:
         rows = rows[rows["budget"] == budget]
@@ -94,7 +97,7 @@ def plot_placement(summary: pd.DataFrame, method: str, budget: str | None = None
     tasks = list(dict.fromkeys(rows["task"]))
     layers = layer_order(rows["layer"])
     kinds = [k for k in KINDS if k in set(rows["kind"])] + sorted(set(rows["kind"]) - set(KINDS))
-    high = 100.0 * float(rows["fraction"].max()) or 1.0
+    high = vmax if vmax is not None else 100.0 * float(rows["fraction"].max()) or 1.0
     columns = min(3, len(tasks))
     rows_count = math.ceil(len(tasks) / columns)
     fig = Figure(figsize=(0.5 * len(kinds) * columns + 1.8, 0.42 * len(layers) * rows_count + 1.4),

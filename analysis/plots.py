@@ -62,7 +62,7 @@ def plot_storage(curve_table: pd.DataFrame, *, title: str = "Cumulative storage 
     _bytes_axis(ax)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("tasks seen")
-    ax.set_ylabel("cumulative storage (bytes on disk)")
+    ax.set_ylabel("cumulative storage (bytes on disk, log scale)")
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
@@ -102,7 +102,7 @@ def plot_score_vs_storage(final: pd.DataFrame, *, title: str = "Final score vs t
                         fontsize=8)
     ax.set_xscale("log")
     _bytes_axis(ax, "x")
-    ax.set_xlabel("total storage after the last task (bytes on disk)")
+    ax.set_xlabel("total storage after the last task (bytes on disk, log scale)")
     ax.set_ylabel("final average score")
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
@@ -253,23 +253,25 @@ def plot_storage_bands(curve_table: pd.DataFrame, *,
     backbone = float(curve_table["backbone_bytes"].iloc[0])
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.add_subplot()
-    ends = []  # (tasks seen, bytes, colour) of each line's last point, labelled with its multiple
+    ends = []  # (tasks seen, bytes, label, colour) of each line's last point, labelled with its multiple
     for key, style in styles.items():
         rows = _rows(stats, key).sort_values("tasks_seen")
         mean, sd = rows["cumulative_bytes"].to_numpy(), rows["cumulative_bytes_std"].fillna(0).to_numpy()
         ax.fill_between(rows["tasks_seen"], mean - sd, mean + sd, color=style["color"], alpha=0.15, linewidth=0)
         ax.plot(rows["tasks_seen"], mean, color=style["color"], marker=style["marker"],
                 linestyle=style["linestyle"], label=style["label"])
-        ends.append((rows["tasks_seen"].iloc[-1], mean[-1], style["color"]))
+        ends.append((rows["tasks_seen"].iloc[-1], mean[-1], style["label"], style["color"]))
     ax.axhline(backbone, color="grey", linestyle="--", linewidth=1, label=f"backbone ({human_bytes(backbone)})")
     ax.set_yscale("log")
-    _label_ends(ax, [(x, value, f"{value / backbone:.2f}×", color) for x, value, color in ends], backbone, 8)
+    # Each end label names its line: lines of the shared-backbone methods end close together.
+    _label_ends(ax, [(x, value, f"{label} {value / backbone:.2f}×", color) for x, value, label, color in ends],
+                backbone, 7)
     _bytes_axis(ax)
     _backbone_axis(ax, backbone, "y")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlim(right=ax.get_xlim()[1] + 0.25)
+    ax.set_xlim(right=ax.get_xlim()[1] + 0.6)  # room for the end labels
     ax.set_xlabel("tasks seen")
-    ax.set_ylabel("cumulative storage (bytes on disk)")
+    ax.set_ylabel("cumulative storage (bytes on disk, log scale)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
@@ -333,7 +335,7 @@ def plot_pareto(final: pd.DataFrame, *, title: str = "Final average score vs tot
         _backbone_axis(ax, float(final["backbone_bytes"].iloc[0]), "x")
     low, high = ax.get_xlim()
     ax.set_xlim(low / 1.3, high * 1.3)
-    ax.set_xlabel("total storage after the last task (bytes on disk)")
+    ax.set_xlabel("total storage after the last task (bytes on disk, log scale)")
     ax.set_ylabel("final average score (mean ± sd)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
@@ -417,7 +419,7 @@ def plot_storage_scaling(fits: pd.DataFrame, curve_table: pd.DataFrame | None = 
             ax.plot(rows["tasks"], rows["bound_bytes"], color=style["color"], linestyle=(0, (2, 2)), linewidth=1.0,
                     alpha=0.8)
         end = rows.iloc[-1]
-        ends.append((end["bytes"], multiple(end["x_backbone"]), style["color"]))
+        ends.append((end["bytes"], f"{style['label']} {multiple(end['x_backbone'])}", style["color"]))
         if curve_table is not None:
             measured = _rows(_with_configuration(curve_table), key).groupby("tasks_seen")["cumulative_bytes"].mean()
             ax.scatter(measured.index, measured.to_numpy(), color=style["color"], marker=style["marker"], s=22,
@@ -442,10 +444,10 @@ def plot_storage_scaling(fits: pd.DataFrame, curve_table: pd.DataFrame | None = 
     _bytes_axis(ax)
     ax.yaxis.set_major_locator(LogLocator(base=2, numticks=14))
     _backbone_axis(ax, backbone, "y")
-    ax.set_xlim(1, max_tasks * 2.2)
+    ax.set_xlim(1, max_tasks * 6)  # room for the end labels, which name their lines
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("number of tasks t (log scale; dotted: " + ", ".join(map(str, marks)) + ")")
-    ax.set_ylabel("cumulative storage S(t) (bytes on disk)")
+    ax.set_ylabel("cumulative storage S(t) (bytes on disk, log scale)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()

@@ -47,3 +47,16 @@ def test_backbone_and_source(monkeypatch, tmp_path):
         demo.demo_source()
     (tmp_path / "ledger.jsonl").write_text("")
     assert demo.demo_source() == tmp_path
+
+
+def test_check_claim_enforces_claims_outside_smoke_mode_and_structural_ones_always(monkeypatch, capsys):
+    monkeypatch.delenv(demo.SMOKE_ENV, raising=False)
+    demo.check_claim("gates close", True)
+    assert "checked: gates close" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="'gates close'.*does not bear it out"):
+        demo.check_claim("gates close", False)
+    monkeypatch.setenv(demo.SMOKE_ENV, "1")
+    demo.check_claim("gates close", False)
+    assert "not checked in smoke mode" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="never cross"):
+        demo.check_claim("two shared-backbone lines never cross", False, any_settings=True)

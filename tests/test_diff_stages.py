@@ -59,6 +59,8 @@ def test_trace_starts_at_the_initial_gates_and_follows_every_step(table):
         # Selection only among states after the density schedule reached the target (70% of the stage).
         assert 11 <= rows["best_step"].iloc[0] <= 16 and 0 < rows["stage1_density"].iloc[0] <= 1
         assert rows["scheduled_density"].iloc[0] == 1.0 and rows["scheduled_density"].iloc[-1] == 0.05
+        # The open fraction under the evaluation gates: all open at step 0, a fraction in (0, 1] after.
+        assert rows["open_fraction"].iloc[0] == 1.0 and rows["open_fraction"].between(0, 1).all()
     assert TRACE_POINTS >= 17
 
 
@@ -84,7 +86,9 @@ def test_placement_lists_every_backbone_tensor_with_the_kept_nonzeros(table):
 
 def test_figures(table):
     fig = plot_density_traces(density_traces(table))
-    assert fig.axes[0].get_yscale() == "log" and len(fig.axes[0].get_lines()) >= 2
+    # Per task: expected density, open gates, schedule; plus the target line.
+    assert fig.axes[0].get_yscale() == "log" and len(fig.axes[0].get_lines()) == 2 * 3 + 1
+    assert "log scale" in fig.axes[0].get_ylabel()
     assert len(fig.axes[0].collections) == 2  # the kept state of each task
     fig = plot_projection(projection_histograms(table), "diff_pruning")
     assert len(fig.axes) == 2  # one panel per task

@@ -5,7 +5,12 @@ Each notebook runs in a fresh Jupyter kernel of the current interpreter (nbclien
 raises fails the test with that cell's traceback. The quick start runs the real all-MiniLM-L6-v2; the two
 notebooks whose runs are dominated by 22.6M-parameter tensors (diff pruning's flat gates, ten methods' full
 files) run the tiny random BERT of the unit tests (``TASKSTREAM_NOTEBOOK_BACKBONE``), which keeps the three
-under a minute or so together.
+under a minute or so together on an idle machine.
+
+Each notebook checks the claims its text makes about its run with ``stream.engine.demo.check_claim``; in smoke
+mode every check is computed, the structural ones (``any_settings=True``) are enforced and the others, which
+need the normal budgets and the real backbone, are reported. :func:`test_notebooks_check_their_claims` holds
+each notebook to having such checks, so a notebook whose claims are no longer checked fails here.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from tests.conftest import SHARED_GLUE
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 # Figures each notebook must show (PNG outputs), so a plot cell that silently shows nothing is caught.
-MIN_FIGURES = {"01_quick_start": 3, "02_diff_pruning_explained": 6, "03_storage_scaling": 2}
+MIN_FIGURES = {"01_quick_start": 4, "02_diff_pruning_explained": 6, "03_storage_scaling": 2}
 TINY_BACKBONE = {"02_diff_pruning_explained", "03_storage_scaling"}
+# Claims each notebook checks at the least: (enforced in smoke mode too, all checks).
+MIN_CLAIMS = {"01_quick_start": (4, 5), "02_diff_pruning_explained": (3, 8), "03_storage_scaling": (3, 10)}
 
 
 def test_the_three_notebooks_exist():
@@ -40,6 +47,16 @@ def test_committed_notebook_has_no_outputs(path):
             assert cell.outputs == [] and cell.execution_count is None, (
                 f"{path.name} cell {index} holds outputs: commit notebooks stripped of outputs")
     assert notebook.metadata.get("kernelspec", {}).get("name") == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_check_their_claims(path):
+    sources = [cell.source for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
+    checks = sum(source.count("check_claim(") for source in sources)
+    structural = sum(source.count("any_settings=True") for source in sources)
+    least_structural, least_checks = MIN_CLAIMS[path.stem]
+    assert structural >= least_structural and checks >= least_checks, (
+        f"{path.name} checks {checks} claim(s), {structural} of them at any settings")
 
 
 @pytest.mark.integration
@@ -66,3 +83,6 @@ def test_notebook_runs_top_to_bottom_in_smoke_mode(path, tmp_path, tiny_model_di
     figures = sum("image/png" in output.get("data", {}) for cell in notebook.cells if cell.cell_type == "code"
                   for output in cell.outputs)
     assert figures >= MIN_FIGURES[path.stem], f"{path.name} showed {figures} figure(s)"
+    checked = sum("checked: " in output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                  for output in cell.outputs)
+    assert checked >= 1, f"{path.name} printed no checked claim"

@@ -143,6 +143,9 @@ def test_every_figure_renders(table, tmp_path):
     _png_ok(plot_accuracy_matrices(table), tmp_path / "matrices.png")
     _png_ok(plot_placement(placement_summary(load_placement(table)), "diff_pruning-density0.005"),
             tmp_path / "placement.png")
+    shared = plot_placement(placement_summary(load_placement(table)), "diff_pruning-density0.005", vmax=50.0)
+    assert shared.axes[0].get_images()[0].get_clim() == (0.0, 50.0)  # one scale for figures to compare
+    assert "log scale" in storage.axes[0].get_ylabel()
     with pytest.raises(ValueError, match="no evolving method"):
         plot_accuracy_matrices(table[table["sharing"] != "evolving"])
 

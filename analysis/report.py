@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +9,7 @@ import pandas as pd
 from analysis.plots import plot_average_score, plot_score_vs_storage, plot_storage, save_figure
 from analysis.tables import (accuracy_matrix, curves, final_table, human_bytes, load_ledger, phase_seconds,
                              task_columns)
-from stream.core.rundir import CONFIG_FILE
+from stream.core.rundir import read_run_config
 
 FIGURES_DIR = "figures"
 REPORT_FILE = "report.md"
@@ -68,12 +67,15 @@ def write_run_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     table = load_ledger(run_dir)
     figures = write_run_figures(run_dir)
-    config = json.loads((run_dir / CONFIG_FILE).read_text())
+    config = read_run_config(run_dir)
     order = table.drop_duplicates("step").sort_values("step")["task"].tolist()
     lines = [
         f"# taskstream run: {run_dir.name}", "",
         f"- backbone: `{config['backbone']}` (pooling: {config['pooling']})",
         f"- task order: {' -> '.join(order)}",
+        *[f"- **{c['name']} is not GLUE's {c['name']}**: the run replaced it with its own files "
+          f"({', '.join(f'{split}: {path}' for split, path in c['files'].items())}; custom task with override_glue)"
+          for c in config.get("custom_tasks", []) if c.get("override_glue") and c["name"] in order],
         f"- seed: {config['seed']}; budget: {', '.join(f'{k}={v}' for k, v in config['budget'].items())}",
         "- scores: each task's GLUE metric x100 on its validation split (the test set); the average is over "
         "the tasks seen. Bytes are the artifact files on disk (tensors + sidecar); shared-backbone methods "

@@ -28,7 +28,7 @@ from analysis.plots import FIGURE_DPI, plot_order_sensitivity, plot_pareto, plot
 from analysis.report import FIGURES_DIR, _markdown
 from analysis.tables import (aggregate, curve_stats, curves, final_stats, final_table, human_bytes, is_study_dir,
                              load_ledger, order_table, read_study, run_entries, task_columns, transfer_table)
-from stream.core.rundir import CONFIG_FILE
+from stream.core.rundir import CONFIG_FILE, read_run_config
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -189,7 +189,7 @@ def study_figures(table: pd.DataFrame, placement: pd.DataFrame | None = None) ->
 def _overview(table: pd.DataFrame, paths: list[Path], statuses: dict[str, dict]) -> list[str]:
     runs = table.drop_duplicates(["run", "method"])
     configs = runs.drop_duplicates(["method", "budget"])
-    backbones = sorted({json.loads((Path(r) / CONFIG_FILE).read_text()).get("backbone", "?")
+    backbones = sorted({read_run_config(r).get("backbone", "?")
                         for r in runs["run"] if (Path(r) / CONFIG_FILE).exists()})
     failed = [s for s in statuses.values() if s.get("state") == "failed"]
     pending = [s for s in statuses.values() if s.get("state") not in ("done", "failed")]

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from stream.core.ledger import read_ledger
-from stream.core.rundir import CONFIG_FILE, LEDGER_FILE
+from stream.core.rundir import CONFIG_FILE, LEDGER_FILE, read_run_config
 
 STUDY_FILE = "study.json"  # the study record written by stream.engine.study (read here as plain JSON)
 DEFAULT_BUDGET = "default"
@@ -91,7 +91,7 @@ def load_ledger(run_dirs: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     (see :func:`_budget_labels`) and ``setting`` (the method's options, ``k=2``).
     """
     entries = run_entries(run_dirs)
-    configs = [json.loads((run_dir / CONFIG_FILE).read_text()) if (run_dir / CONFIG_FILE).exists() else {}
+    configs = [read_run_config(run_dir) if (run_dir / CONFIG_FILE).exists() else {}
                for run_dir, _ in entries]
     budgets = _budget_labels(entries, configs)
     frames = []

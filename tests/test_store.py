@@ -48,7 +48,7 @@ def test_tampered_file_is_refused(tmp_path):
     data = bytearray(record.tensor_path.read_bytes())
     data[-1] ^= 0x01
     record.tensor_path.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="sha256.*Delete both"):
+    with pytest.raises(ArtifactError, match="sha256.*taskstream retrain"):
         store.read(KEY)
 
 

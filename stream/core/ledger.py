@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 #: The schema version written on every new row. Rows without the field (written before it was recorded)
 #: are version 1. Version 2 added ``numerics``, ``chosen_options``, ``chance_score``, ``noise_band`` and
-#: ``test_rows``; readers treat them as absent (None) on older rows.
+#: ``test_rows`` (and later ``backbone_bytes_counted``); readers treat them as absent (None) on older rows.
 SCHEMA_VERSION = 2
 
 #: The row schema: every field the runner writes, and what it means. The fields down to ``seconds`` are
@@ -61,7 +61,9 @@ ROW_FIELDS: dict[str, str] = {
     "new_params": "parameters the artifact adds (the papers' new params per task)",
     "new_params_fraction": "new_params / backbone_params",
     "backbone_params": "parameters of the shared backbone",
-    "backbone_bytes": "bytes of the shared backbone",
+    "backbone_bytes": "bytes of the shared backbone: the files it was loaded from (weights, config, tokenizer)",
+    "backbone_bytes_counted": "what backbone_bytes counts: each file and its bytes, or parameters x element size "
+                              "for an encoder built in memory",
     "shared_bytes": "backbone bytes this method counts once (0 unless it shares the backbone)",
     "cumulative_bytes": "storage S(t) after this step (cumulative_bytes)",
     "total_params_multiplier": "the papers' total params multiplier after this step (params_multiplier)",

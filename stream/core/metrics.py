@@ -81,6 +81,16 @@ def compute_metrics(task: TaskSpec, predictions: np.ndarray, labels: np.ndarray)
     return {name: _METRICS[name](predictions, labels) for name in task.metrics}
 
 
+def undefined_metrics(task: TaskSpec, labels: np.ndarray) -> list[str]:
+    """The task's correlation metrics that are undefined on these labels: all of Pearson, Spearman and Matthews
+    when every label is the same (or there are fewer than two). They are then reported as 0.0 whatever the
+    model predicts (see the module doc), so a score on such a split measures nothing."""
+    labels = np.asarray(labels)
+    if len(labels) >= 2 and np.ptp(labels) != 0:
+        return []
+    return [m for m in task.metrics if m in ("pearson", "spearman", "matthews_correlation")]
+
+
 def task_score(task: TaskSpec, metrics_by_split: Mapping[str, Mapping[str, float]]) -> float:
     """The task's single score, GLUE style: the mean of its metrics on each split, averaged over splits.
 

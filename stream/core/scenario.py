@@ -8,6 +8,7 @@ the run seed and the task only), so methods are compared on identical data.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import zlib
 from collections.abc import Mapping, Sequence
@@ -16,10 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from stream.core.errors import ConfigError, DataError
-from stream.core.metrics import chance_score, noise_band
+from stream.core.metrics import chance_score, noise_band, undefined_metrics
 from stream.core.tasks import TaskSpec
 from stream.core.tokenization import TokenCache, TokenizedSplit
 from stream.core.validation import check_int, check_real
+
+logger = logging.getLogger(__name__)
 
 # Budget fields where None means "no limit".
 _OPTIONAL_LIMITS = ("max_train_examples", "max_steps", "max_eval_examples", "eval_every_steps")
@@ -177,10 +180,26 @@ class ArrivalBuilder:
         self._tokenizer, self._tokenizer_key = tokenizer, key
 
     def preload(self) -> None:
-        """Read every split the run needs now, so missing or malformed data fails before any training."""
+        """Read every split the run needs now, so missing or malformed data fails before any training, and warn
+        about a test or dev split on which the task's correlation metric is undefined (constant labels)."""
         for task in self._tasks.values():
             for split in (task.train_split, *task.test_splits):
                 self._split(task, split)
+            budget = self._budgets[task.name]
+            train_labels = np.asarray(self._split(task, task.train_split).labels)
+            _, dev_rows = carve_dev(len(train_labels), budget, self._seed, task.name)
+            scored = {f"{split} (test)": np.asarray(self._split(task, split).labels) for split in task.test_splits}
+            scored = {name: labels[eval_rows(len(labels), budget)] for name, labels in scored.items()}
+            scored[f"{task.train_split} (the dev rows carved from it for model selection)"] = train_labels[dev_rows]
+            for name, labels in scored.items():
+                undefined = undefined_metrics(task, labels)
+                if undefined:
+                    value = (f"{float(labels[0]):g}" if task.is_regression else repr(task.label_names[int(labels[0])])
+                             ) if len(labels) else "none"
+                    logger.warning("Task %r, split %s: %s, so %s %s undefined; taskstream reports it as 0.0, "
+                                   "which says nothing about the model. Give the split varied labels.", task.name,
+                                   name, f"every label is {value}" if len(labels) else "no rows",
+                                   " and ".join(undefined), "is" if len(undefined) == 1 else "are")
 
     def task(self, name: str) -> TaskSpec:
         """The spec of a task of this run."""

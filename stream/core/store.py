@@ -164,7 +164,7 @@ class ArtifactStore:
         """Read and verify an artifact (size, sha256, header fields) without unpickling anything."""
         tensor_path, sidecar_path = self.paths(key)
         sidecar = self._read_sidecar(key)
-        fix = f"Delete both {tensor_path.name} and {sidecar_path.name} in {tensor_path.parent} to retrain this task."
+        fix = retrain_advice(self.root, key)
         if not tensor_path.exists():
             raise ArtifactError(f"Artifact tensor file {tensor_path} is missing but its sidecar exists. {fix}")
         data = tensor_path.read_bytes()
@@ -190,15 +190,26 @@ class ArtifactStore:
         _, sidecar_path = self.paths(key)
         if not sidecar_path.exists():
             raise ArtifactError(f"Artifact sidecar {sidecar_path} does not exist: the artifact was never "
-                                "completely written.")
+                                f"completely written, or was deleted. {retrain_advice(self.root, key)}")
         try:
             sidecar = json.loads(sidecar_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ArtifactError(f"Artifact sidecar {sidecar_path} is not valid JSON ({exc}). Delete it and "
-                                "its .safetensors file to retrain this task.") from exc
+            raise ArtifactError(f"Artifact sidecar {sidecar_path} is not valid JSON ({exc}). "
+                                f"{retrain_advice(self.root, key)}") from None
+        if not isinstance(sidecar, dict):
+            raise ArtifactError(f"Artifact sidecar {sidecar_path} holds a JSON {type(sidecar).__name__}, not an "
+                                f"object. {retrain_advice(self.root, key)}")
         required = ("schema", "method", "task", "step", "tensor_bytes", "sha256", "meta")
         missing = [f for f in required if f not in sidecar]
         if missing or sidecar.get("schema") != SIDECAR_SCHEMA:
             raise ArtifactError(f"Artifact sidecar {sidecar_path} lacks {', '.join(missing) or 'a known schema'}; "
                                 "it was not written by this version of taskstream.")
         return sidecar
+
+
+def retrain_advice(root: Path, key: ArtifactKey) -> str:
+    """The fix for a refused artifact: the command that sets its files aside, drops the ledger rows that depend
+    on it, and trains the task again (``root`` is the run directory's artifacts folder)."""
+    return (f"To train this task again, run `taskstream retrain {root.parent} --method {key.method} --task "
+            f"{key.task}` (it moves the refused files to {root.parent / 'forgotten'}/ and keeps the ledger "
+            "consistent).")

@@ -194,6 +194,9 @@ class CustomTaskSpec:
             Spearman (regression).
         train_split: the split to train on; must be a key of ``files``.
         test_splits: splits to score on; default every split in ``files`` other than ``train_split``.
+        override_glue: a custom task may take the name of a GLUE task (``sst2``) only when this is true: the
+            run then scores the user's rows under the GLUE name, and its config and report say so. Without it
+            the clash is refused, since tables would show "sst2" for data that is not SST-2.
     """
 
     name: str
@@ -204,10 +207,21 @@ class CustomTaskSpec:
     metrics: tuple[str, ...] | str | None = None
     train_split: str = "train"
     test_splits: tuple[str, ...] | None = None
+    override_glue: bool = False
 
     def __post_init__(self) -> None:
         owner = "CustomTaskSpec"
         _check_name(owner, "name", self.name)
+        if not isinstance(self.override_glue, bool):
+            raise ConfigError(f"{owner}.override_glue must be true or false; got {self.override_glue!r}.")
+        if self.name in GLUE_TASK_NAMES and not self.override_glue:
+            raise ConfigError(f"Custom task {self.name!r} has the name of the GLUE task {self.name!r}: its scores "
+                              f"would be reported as GLUE {self.name} on your rows. Rename it (for example "
+                              f"'my_{self.name}'), or set override_glue = true on it to replace GLUE's "
+                              f"{self.name} in this run (the run's config and report then say so).")
+        if self.override_glue and self.name not in GLUE_TASK_NAMES:
+            raise ConfigError(f"{owner}.override_glue applies only to a custom task named like a GLUE task "
+                              f"({', '.join(GLUE_TASK_NAMES)}); {self.name!r} is not one. Remove it.")
         if not isinstance(self.files, Mapping) or not self.files:
             raise ConfigError(f"{owner}.files must be a non-empty mapping of split name to file path; "
                               f"got {self.files!r}.")
@@ -251,20 +265,29 @@ class CustomTaskSpec:
             object.__setattr__(self, name, getattr(spec, name))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able form (file paths as absolute strings), accepted back by :meth:`from_dict`."""
-        return {"name": self.name, "files": {k: str(Path(v).resolve()) for k, v in self.files.items()},
-                "text_columns": list(self.text_columns), "label_column": self.label_column,
-                "label_names": None if self.label_names is None else list(self.label_names),
-                "metrics": list(self.metrics), "train_split": self.train_split,
-                "test_splits": list(self.test_splits)}
+        """Plain JSON-able form (file paths as absolute strings), accepted back by :meth:`from_dict`.
+        ``override_glue`` appears only when set, so configs saved before it existed compare equal."""
+        record = {"name": self.name, "files": {k: str(Path(v).resolve()) for k, v in self.files.items()},
+                  "text_columns": list(self.text_columns), "label_column": self.label_column,
+                  "label_names": None if self.label_names is None else list(self.label_names),
+                  "metrics": list(self.metrics), "train_split": self.train_split,
+                  "test_splits": list(self.test_splits)}
+        if self.override_glue:
+            record["override_glue"] = True
+        return record
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CustomTaskSpec:
         """Build from a config-file table; unknown keys are refused with the valid ones listed."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"A custom task must be a table (name, files, text_columns, ...); got {data!r}.")
         valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - valid)
+        unknown = sorted(map(str, set(data) - valid))
         if unknown:
             raise ConfigError(f"Unknown custom task field(s) {', '.join(unknown)}. Valid: {', '.join(sorted(valid))}.")
+        missing = [name for name in ("name", "files", "text_columns") if name not in data]
+        if missing:
+            raise ConfigError(f"A custom task needs {', '.join(missing)}; got the fields {', '.join(map(str, data))}.")
         return cls(**data)
 
     def to_task_spec(self) -> TaskSpec:

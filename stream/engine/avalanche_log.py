@@ -18,7 +18,6 @@ Two ways in:
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import shutil
 import warnings
@@ -42,7 +41,7 @@ from methods.core.base import Method, build_method
 from methods.core.multitask import MultiTaskCriterion, route_rows, tag_rows
 from methods.core.task_model import TaskModel
 from stream.core.ledger import Ledger, Sharing
-from stream.core.rundir import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE
+from stream.core.rundir import ARTIFACTS_DIR, LEDGER_FILE, read_run_config
 from stream.core.scenario import ArrivalBuilder, resolve_order
 from stream.core.store import ArtifactKey, ArtifactStore
 from stream.engine.avalanche_bridge import AvalancheStream, glue_score_metrics, stream_from_builder
@@ -256,7 +255,7 @@ def evaluate_run(run_dir: str | Path, label: str, *, metrics: Sequence[PluginMet
         backbone: an already loaded backbone (tests pass tiny models); default the run config's.
     """
     run_dir = Path(run_dir)
-    config = RunConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
+    config = RunConfig.from_dict(read_run_config(run_dir))
     spec = next((m for m in config.methods if m.resolved_label == label), None)
     if spec is None:
         raise ValueError(f"Run {run_dir} has no method labelled {label!r}; it has "

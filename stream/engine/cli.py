@@ -1,8 +1,9 @@
 """taskstream: feed tasks one at a time to parameter-efficient methods on one shared backbone, and measure
 what each method stores against how well it scores.
 
-Subcommands: ``run`` (run or resume a stream), ``sweep`` (run or resume a study: many runs from one spec,
-on local worker processes or Ray), ``plot`` and ``report`` (figures and a report of a run or a study),
+Subcommands: ``run`` (run or resume a stream), ``retrain`` (train one task of a run again), ``sweep`` (run or
+resume a study: many runs from one spec, on local worker processes or Ray), ``plot`` and ``report`` (figures
+and a report of a run or a study),
 ``compare`` (one report over several runs and studies), ``predict`` (answer for any task of a finished run,
 served from one backbone), ``methods`` and ``tasks`` (what is registered).
 User errors print one clear message and exit with status 2; nothing already written is touched.
@@ -64,12 +65,13 @@ def config_from_args(args: argparse.Namespace):
         value = getattr(args, key)
         if value is not None:
             data[key] = value
-    budget = dict(data.get("budget", {}))
-    budget.update({k: getattr(args, k) for k in _BUDGET_FLAGS if getattr(args, k) is not None})
-    if budget:
-        data["budget"] = budget
+    flags = {k: getattr(args, k) for k in _BUDGET_FLAGS if getattr(args, k) is not None}
+    if flags:
+        # A file's budget that is not a table is left as it is for RunConfig to refuse by name.
+        budget = data.get("budget", {})
+        data["budget"] = {**budget, **flags} if isinstance(budget, dict) else budget
     data_dir = args.data_dir or data.get("data_dir") or os.environ.get(DATA_DIR_ENV)
-    if data_dir:
+    if isinstance(data_dir, (str, Path)) and str(data_dir):
         data["data_dir"] = str(Path(data_dir).expanduser().resolve())
     return RunConfig.from_dict(data)
 
@@ -85,6 +87,36 @@ def _cmd_run(args) -> int:
 
         print(f"report: {write_run_report(run_dir)}")
     _print_summary(summary.run_dir)
+    return 0
+
+
+def _add_retrain_parser(sub) -> None:
+    p = sub.add_parser("retrain", help="train one task of a run again (e.g. after its artifact was refused)",
+                       description="Move the task's artifact files (and, for an evolving method, every later one) "
+                                   "to RUN/forgotten/<time>/ with the ledger rows that depend on them, then resume "
+                                   "the run with its saved config, which trains the task again and re-scores the "
+                                   "steps after it.")
+    p.add_argument("run", type=Path, metavar="RUN", help="a run directory")
+    p.add_argument("--method", required=True, help="the method label, as in the run's ledger and artifacts folder")
+    p.add_argument("--task", required=True, help="the task to train again")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-report", action="store_true", help="skip the figures and report at the end")
+
+
+def _cmd_retrain(args) -> int:
+    from stream.engine.retrain import forget_task
+
+    config, forgotten = forget_task(args.run, args.method, args.task)
+    print(f"set aside {len(forgotten.files)} file(s) and {forgotten.rows} ledger row(s) in {forgotten.folder}",
+          file=sys.stderr)
+    from stream.engine.runner import run_stream
+
+    run_stream(config, args.run, progress=not args.no_progress)
+    if not args.no_report:
+        from analysis.report import write_run_report
+
+        print(f"report: {write_run_report(args.run)}")
+    _print_summary(args.run)
     return 0
 
 
@@ -280,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(sub)
+    _add_retrain_parser(sub)
     _add_sweep_parser(sub)
     for name, helptext in (("plot", "draw a run's or a study's figures into PATH/figures"),
                            ("report", "write PATH/report.md (a study also gets a self-contained report.html)")):
@@ -297,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = {"run": _cmd_run, "sweep": _cmd_sweep, "plot": _cmd_plot, "report": _cmd_report,
+_COMMANDS = {"run": _cmd_run, "retrain": _cmd_retrain, "sweep": _cmd_sweep, "plot": _cmd_plot, "report": _cmd_report,
              "compare": _cmd_compare, "predict": _cmd_predict, "methods": _cmd_methods, "tasks": _cmd_tasks}
 
 
@@ -320,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     except TaskstreamError as exc:
         print(f"taskstream: error: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
         print(f"taskstream: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -232,9 +232,19 @@ class RunConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.tasks, str) or not self.tasks:
+        if (not isinstance(self.tasks, tuple) or not self.tasks
+                or not all(isinstance(name, str) for name in self.tasks)):
             raise ConfigError(f"RunConfig.tasks must be a non-empty list of task names; got {self.tasks!r}.")
-        custom = {c.name for c in self.custom_tasks}
+        for name in ("backbone", "hub_repo"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"RunConfig.{name} must be a non-empty string; got {getattr(self, name)!r}.")
+        if not isinstance(self.reevaluate, bool):
+            raise ConfigError(f"RunConfig.reevaluate must be true or false; got {self.reevaluate!r}.")
+        if not all(isinstance(c, CustomTaskSpec) for c in self.custom_tasks):
+            raise ConfigError(f"RunConfig.custom_tasks must hold CustomTaskSpec entries; got {self.custom_tasks!r}.")
+        custom = [c.name for c in self.custom_tasks]
+        if len(set(custom)) != len(custom):
+            raise ConfigError(f"RunConfig.custom_tasks must not define a task twice; got names {custom}.")
         for name in self.tasks:
             if name not in custom:
                 get_task(name)
@@ -292,36 +302,86 @@ class RunConfig:
         """Build from a config-file mapping, on top of ``base`` (default: the defaults)."""
         base = base or cls()
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(map(str, set(data) - known))
         if unknown:
             raise ConfigError(f"Unknown config key(s) {', '.join(unknown)}. Valid: {', '.join(sorted(known))}.")
         changes: dict[str, Any] = {}
         for key, value in data.items():
             if key == "tasks":
-                value = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+                value = tuple(value.split(",")) if isinstance(value, str) else _list_of(key, value, "task names")
             elif key == "avalanche_loggers":
-                value = tuple(v for v in value.split(",") if v) if isinstance(value, str) else tuple(value)
+                value = (tuple(v for v in value.split(",") if v) if isinstance(value, str)
+                         else _list_of(key, value, "logger names"))
             elif key == "methods":
-                items = value.split(",") if isinstance(value, str) else value
+                items = value.split(",") if isinstance(value, str) else _list_of(key, value, "methods")
                 value = tuple(MethodSpec.from_value(v) for v in items)
             elif key == "custom_tasks":
-                value = tuple(v if isinstance(v, CustomTaskSpec) else CustomTaskSpec.from_dict(v) for v in value)
+                value = tuple(v if isinstance(v, CustomTaskSpec) else CustomTaskSpec.from_dict(_table(key, v))
+                              for v in _list_of(key, value, "[[custom_tasks]] tables"))
             elif key == "budget":
-                value = value if isinstance(value, Budget) else base.budget.updated(dict(value))
+                value = value if isinstance(value, Budget) else base.budget.updated(_table(key, value))
             elif key == "task_budgets":
-                value = tuple((t, tuple(sorted(dict(o).items()))) for t, o in dict(value).items())
+                value = tuple((t, tuple(sorted(_table(f"task_budgets.{t}", o).items())))
+                              for t, o in _table(key, value).items())
             elif key == "data_dir" and value is not None:
+                if not isinstance(value, (str, Path)):
+                    raise ConfigError(f"RunConfig.data_dir must be a folder path; got {value!r}.")
                 value = str(value)
             changes[key] = value
         return dataclasses.replace(base, **changes)
 
 
+def _list_of(key: str, value: Any, what: str) -> tuple[Any, ...]:
+    """``value`` as a tuple, when it is a list (a config file's array); otherwise a ConfigError naming ``key``."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"RunConfig.{key} must be a list of {what}; got {value!r}.")
+    return tuple(value)
+
+
+def _table(key: str, value: Any) -> dict[str, Any]:
+    """``value`` as a dict, when it is a table (a mapping); otherwise a ConfigError naming ``key``."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a table of name = value; got {value!r}.")
+    return dict(value)
+
+
+def anchor_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """Resolve the relative paths of a config mapping against ``base_dir`` (the config file's folder): ``data_dir``
+    and every custom task's files, so a config means the same files whatever the caller's working directory.
+    Values of the wrong type are left for :meth:`RunConfig.from_dict` to refuse."""
+    data = dict(data)
+
+    def anchored(value: Any) -> Any:
+        if not isinstance(value, str) or not value:
+            return value
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else (base_dir / path).resolve())
+
+    if "data_dir" in data:
+        data["data_dir"] = anchored(data["data_dir"])
+    custom = data.get("custom_tasks")
+    if isinstance(custom, list):
+        data["custom_tasks"] = [
+            {**task, "files": {split: anchored(path) for split, path in task["files"].items()}}
+            if isinstance(task, Mapping) and isinstance(task.get("files"), Mapping) else task
+            for task in custom]
+    return data
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) config file into a mapping."""
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) config file into a mapping.
+
+    Relative paths in it (``data_dir``, custom tasks' ``files``) are relative to the file (:func:`anchor_paths`).
+    """
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"Config file {path} does not exist.")
-    text = path.read_text(encoding="utf-8")
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist." if not path.exists()
+                          else f"Config file {path} is not a file.")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}): give a "
+                          "TOML or YAML file saved as UTF-8.") from None
     if path.suffix == ".toml":
         try:
             data = tomllib.loads(text)
@@ -338,10 +398,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"Config file {path} must end in .toml, .yaml or .yml.")
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path} must hold a mapping of settings at the top level.")
-    if isinstance(data.get("data_dir"), str) and not Path(data["data_dir"]).is_absolute():
-        # A relative data_dir in a config file means relative to the file, not to the caller's cwd.
-        data["data_dir"] = str((path.parent / data["data_dir"]).resolve())
-    return data
+    return anchor_paths(data, path.parent)
 
 
 def config_differences(saved: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:

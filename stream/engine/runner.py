@@ -21,9 +21,11 @@ import torch
 from methods.core.backbone import Backbone, load_backbone, resolve_precision
 from methods.core.base import Method, build_method, get_method_class
 from methods.core.training import evaluate
-from stream.core.errors import ArtifactError, RunDirectoryError
+from stream.core.errors import ArtifactError, ConfigError, RunDirectoryError
 from stream.core.ledger import Ledger, Sharing, cumulative_bytes, params_multiplier
-from stream.core.rundir import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE, VERSIONS_FILE
+from stream.core.locks import exclusive_lock
+from stream.core.rundir import (ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE, LOCK_FILE, VERSIONS_FILE, check_run_dir_path,
+                                has_finished_work, read_run_config, remove_stray_temp_files, write_json_atomic)
 from stream.core.scenario import ArrivalBuilder, resolve_order
 from stream.core.store import ArtifactKey, ArtifactStore
 from stream.engine.config import MethodSpec, RunConfig, config_differences, resolve_tasks
@@ -43,22 +45,41 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def check_run_dir(run_dir: Path, config: RunConfig) -> None:
+    """Refuse, before anything is loaded or written, a run directory this config cannot use: a file, or a
+    directory whose saved config differs while it holds finished work (artifacts or ledger rows). A directory
+    with a different or damaged config but no finished work may be re-configured (see :func:`prepare_run_dir`)."""
+    check_run_dir_path(run_dir)
+    if not (run_dir / CONFIG_FILE).exists() or not has_finished_work(run_dir):
+        return
+    saved = read_run_config(run_dir)
+    differences = config_differences(saved, config.to_dict())
+    if differences:
+        raise RunDirectoryError(
+            f"Run directory {run_dir} was made by a different config; refusing to mix results. "
+            "Differences (saved -> requested):\n  " + "\n  ".join(differences)
+            + "\nUse a new --run-dir, or repeat the saved settings to resume.")
+
+
 def prepare_run_dir(run_dir: Path, config: RunConfig) -> None:
-    """Create a run directory, or check that an existing one was made by the same config."""
+    """Create a run directory, or check that an existing one was made by the same config (under the run's lock).
+
+    A saved config that differs is replaced only while the directory holds no finished work: a run that stopped
+    before its first artifact (bad data, a typo in an option) can be corrected and re-run in place."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_run_dir(run_dir, config)
     config_path = run_dir / CONFIG_FILE
     requested = config.to_dict()
     if config_path.exists():
-        saved = json.loads(config_path.read_text())
-        differences = config_differences(saved, requested)
-        if differences:
-            raise RunDirectoryError(
-                f"Run directory {run_dir} was made by a different config; refusing to mix results. "
-                "Differences (saved -> requested):\n  " + "\n  ".join(differences)
-                + "\nUse a new --run-dir, or repeat the saved settings to resume.")
-        return
-    config_path.write_text(json.dumps(requested, indent=2, sort_keys=True) + "\n")
-    (run_dir / VERSIONS_FILE).write_text(json.dumps(package_versions(), indent=2, sort_keys=True) + "\n")
+        try:
+            same = not config_differences(read_run_config(run_dir), requested)
+        except RunDirectoryError:
+            same = False
+        if same:
+            return
+        logger.warning("%s: replacing the saved config (nothing was finished under it).", config_path)
+    write_json_atomic(run_dir / VERSIONS_FILE, package_versions())
+    write_json_atomic(config_path, requested)  # last: its presence means the directory is set up
 
 
 @dataclass
@@ -88,7 +109,8 @@ def _step_info(sharing: Sharing, spec: MethodSpec, config: RunConfig, backbone: 
         "breakdown": sidecar["tensor_breakdown"],
         "lower_bound_bytes": None if lower_bits is None else lower_bits / 8,
         "new_params": sidecar["new_params"], "new_params_fraction": sidecar["new_params"] / backbone.num_parameters,
-        "backbone_params": backbone.num_parameters, "backbone_bytes": backbone.nbytes, "shared_bytes": shared,
+        "backbone_params": backbone.num_parameters, "backbone_bytes": backbone.nbytes,
+        "backbone_bytes_counted": backbone.bytes_counted, "shared_bytes": shared,
         "cumulative_bytes": cumulative_bytes(sharing, backbone.nbytes, sizes),
         "total_params_multiplier": params_multiplier(sharing, backbone.num_parameters, new_params),
         "dev_score": sidecar["fit"]["best_dev_score"], "train_steps": sidecar["fit"]["steps"],
@@ -253,8 +275,10 @@ def run_stream(config: RunConfig, run_dir: str | Path, *, progress: bool = True,
         backbone: an already loaded backbone (tests pass tiny models); by default ``config.backbone``.
     """
     run_dir = Path(run_dir)
+    # Everything is checked before anything is written: the directory, every task's data, the backbone and
+    # every method's options against it. A run that fails here leaves the directory as it was.
+    check_run_dir(run_dir, config)
     tasks, source = resolve_tasks(config)
-    prepare_run_dir(run_dir, config)
     if backbone is None:
         backbone = load_backbone(config.backbone, pooling=config.pooling, device=config.device)
     numerics = run_numerics(config, backbone)
@@ -263,6 +287,37 @@ def run_stream(config: RunConfig, run_dir: str | Path, *, progress: bool = True,
     builder.preload()  # every split is read (and checked) before hours go into training
     builder.use_tokenizer(backbone.tokenizer, backbone.identity)
     order = resolve_order(config.tasks, config.order_seed)
+    check_methods(config, backbone)
+    busy = (f"Another taskstream process (pid {{pid}}) is writing to {run_dir}; two runs would both train into it. "
+            "Wait for it to finish (then re-run to resume), or use another --run-dir.")
+    with exclusive_lock(run_dir / LOCK_FILE, busy):
+        remove_stray_temp_files(run_dir)
+        prepare_run_dir(run_dir, config)
+        return _run_methods(config, run_dir, backbone, builder, order, numerics, progress)
+
+
+def check_methods(config: RunConfig, backbone: Backbone) -> None:
+    """Build every method of ``config`` with every option set it will train with (per task and searched) on
+    ``backbone``, so an option the backbone cannot take (``last_layer:k=100`` on 6 blocks) fails before any
+    method trains, not when that method's turn comes."""
+    for spec in config.methods:
+        cls = get_method_class(spec.name)
+        tried: set[str] = set()
+        for task in (None, *config.tasks):
+            for options in spec.candidates(task):
+                key = json.dumps(options, sort_keys=True, default=str)
+                if key in tried:
+                    continue
+                tried.add(key)
+                try:
+                    cls(cls.config_class.from_options(options), backbone)
+                except ConfigError as exc:
+                    where = "" if task is None else f" on task {task!r}"
+                    raise ConfigError(f"Method {spec.resolved_label!r}{where}: {exc}") from None
+
+
+def _run_methods(config: RunConfig, run_dir: Path, backbone: Backbone, builder: ArrivalBuilder,
+                 order: tuple[str, ...], numerics: dict[str, Any], progress: bool) -> RunSummary:
     store = ArtifactStore(run_dir / ARTIFACTS_DIR)
     ledger = Ledger(run_dir / LEDGER_FILE)
     _warn_if_numerics_changed(ledger, numerics)

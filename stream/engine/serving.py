@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import difflib
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from methods.core.task_model import TaskModel
 from stream.core.errors import ArtifactError, ConfigError, DataError, RunDirectoryError
 from stream.core.ledger import Sharing, read_ledger
 from stream.core.rundir import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE
+from stream.core.rundir import read_run_config as read_saved_config
 from stream.core.scenario import Budget
 from stream.core.store import ArtifactKey, ArtifactStore, LoadedArtifact
 from stream.core.tasks import CustomTaskSpec, TaskSpec, get_task
@@ -103,7 +103,7 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     if not path.is_file() or not (run_dir / LEDGER_FILE).is_file():
         raise RunDirectoryError(f"{run_dir} is not a taskstream run directory (it lacks {CONFIG_FILE} or "
                                 f"{LEDGER_FILE}): give the --run-dir of a run made by `taskstream run`.")
-    return json.loads(path.read_text())
+    return read_saved_config(run_dir)
 
 
 def served_tasks(run_dir: Path) -> dict[tuple[str, str], ServedTask]:

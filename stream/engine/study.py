@@ -65,7 +65,7 @@ from stream.core.errors import ConfigError
 from stream.core.ledger import read_ledger
 from stream.core.rundir import LEDGER_FILE
 from stream.core.scenario import resolve_order
-from stream.engine.config import MethodSpec, RunConfig, load_config_file
+from stream.engine.config import MethodSpec, RunConfig, anchor_paths, load_config_file
 
 STUDY_FILE = "study.json"
 LAUNCHES_FILE = "launches.jsonl"
@@ -194,7 +194,7 @@ def _int_list(value: Any, where: str) -> list[int]:
 def _check_keys(mapping: Any, valid: set[str], where: str) -> dict:
     if not isinstance(mapping, Mapping):
         raise ConfigError(f"{where} must be a table; got {mapping!r}.")
-    unknown = sorted(set(mapping) - valid)
+    unknown = sorted(set(mapping) - valid, key=str)
     if unknown:
         raise ConfigError(f"Unknown key(s) {', '.join(map(repr, unknown))} in {where}. Valid: {', '.join(sorted(valid))}.")
     return dict(mapping)
@@ -228,10 +228,10 @@ class StudySpec:
         if "methods" in base_map or "seed" in base_map or "order_seed" in base_map:
             raise ConfigError("[base] must not set methods, seed or order_seed: a study sweeps them in [grid] "
                               "or [[runs]].")
+        if base_dir is not None:
+            base_map = anchor_paths(base_map, base_dir)  # data_dir and custom task files: relative to the spec
         if data_dir is not None:
             base_map["data_dir"] = data_dir
-        elif isinstance(base_map.get("data_dir"), str) and base_dir is not None:
-            base_map["data_dir"] = str((base_dir / os.path.expanduser(base_map["data_dir"])).resolve())
         base = RunConfig.from_dict(base_map)
         budgets = {DEFAULT_BUDGET: base.budget}
         named = data.get("budgets", {})

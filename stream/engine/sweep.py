@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stream.core.errors import ConfigError, RunDirectoryError
-from stream.core.rundir import CONFIG_FILE
+from stream.core.rundir import CONFIG_FILE, read_run_config
 from stream.engine.backends import RunJob, RunOutcome, make_backend
 from stream.engine.config import config_differences
 from stream.engine.runner import package_versions
@@ -147,7 +146,7 @@ def _check_existing_runs(directory: StudyDirectory, runs: list[StudyRun]) -> Non
     for run in runs:
         path = directory.run_dir(run.run_id) / CONFIG_FILE
         if path.exists():
-            differences = config_differences(json.loads(path.read_text()), run.config.to_dict())
+            differences = config_differences(read_run_config(path.parent), run.config.to_dict())
             if differences:
                 problems.append(f"{run.run_id}: " + "; ".join(differences))
     if problems:

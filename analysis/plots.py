@@ -54,7 +54,6 @@ def _bytes_axis(ax, axis: str = "y") -> None:
     target.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v) if v > 0 else "0"))
 
 
-LOG = " (log scale)"
 _CHANCE_STYLE = {"color": "dimgrey", "linestyle": "-.", "linewidth": 1.2}
 
 
@@ -89,11 +88,11 @@ def _final_chance(final: pd.DataFrame) -> float:
 
 
 def _legend_with(ax, extra: list[tuple[Line2D, str]], **kwargs) -> None:
-    """The axes' legend plus ``extra`` entries, outside the axes on the right, so it never covers a line,
+    """The axes' legend plus ``extra`` entries, outside the axes below them, so it never covers a line,
     a point or the chance line."""
     handles, labels = ax.get_legend_handles_labels()
     ax.figure.legend(handles + [h for h, _ in extra], labels + [t for _, t in extra],
-                     **{"loc": "outside right upper", **kwargs})
+                     **{"loc": "outside lower center", "ncols": 2, **kwargs})
 
 
 def _per_task_bars(ax, methods: list[str], sizes: list[float], style: dict[str, dict]) -> None:
@@ -110,8 +109,8 @@ def _per_task_bars(ax, methods: list[str], sizes: list[float], style: dict[str, 
     low, high = min(sizes), max(sizes)
     ax.set_xlim(low / 3, high * 5)  # room for the value labels right of the longest bar
     _bytes_axis(ax, "x")
-    ax.set_xlabel("bytes per task file" + LOG)
-    ax.set_title("each task's file (apart from the shared backbone)", fontsize=9)
+    ax.set_xlabel("bytes per task file (log scale)")
+    ax.set_title("each task's file", fontsize=9)
     ax.tick_params(axis="x", labelsize=8)
     ax.grid(True, axis="x", which="major", alpha=0.3)
 
@@ -133,7 +132,7 @@ def plot_storage(curve_table: pd.DataFrame, *, title: str = "Cumulative storage 
     _bytes_axis(ax)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("tasks seen")
-    ax.set_ylabel("cumulative storage (bytes on disk)" + LOG)
+    ax.set_ylabel("cumulative storage (bytes on disk, log scale)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncols=3)
@@ -146,7 +145,7 @@ def plot_average_score(curve_table: pd.DataFrame, *, title: str = "Average score
     """Average task score (0-100) over the tasks seen so far vs tasks seen, one line per method, and what
     always answering the majority class averages on the same tasks (dash-dot; "n/a" in the legend when
     the ledger does not record it)."""
-    fig = Figure(figsize=(9, 4.5), layout="constrained")
+    fig = Figure(figsize=(7.5, 5), layout="constrained")
     ax = fig.add_subplot()
     methods = list(dict.fromkeys(curve_table["method"]))
     style = _style(methods)
@@ -183,7 +182,7 @@ def plot_score_vs_storage(final: pd.DataFrame, *, title: str = "Final score vs s
         low, high = ax.get_xlim()
         ax.set_xlim(low / 1.5, high * 1.5)
         _bytes_axis(ax, "x")
-        ax.set_xlabel(f"{label} (bytes on disk)" + LOG)
+        ax.set_xlabel(f"{label} (bytes on disk, log scale)")
         ax.grid(True, which="major", alpha=0.3)
     axes[0].set_ylabel("final average score")
     axes[0].set_title("total", fontsize=9)
@@ -293,7 +292,7 @@ def plot_score_bands(curve_table: pd.DataFrame, *,
     curve_table = _with_configuration(curve_table)
     stats = aggregate(curve_table, ["average_score"], by=[*CONFIGURATION, "tasks_seen"])
     styles = configuration_styles(curve_table)
-    fig = Figure(figsize=(9.5, 4.8), layout="constrained")
+    fig = Figure(figsize=(7.5, 5.2), layout="constrained")
     ax = fig.add_subplot()
     for offset, (key, style) in zip(_dodge(len(styles)), styles.items()):
         rows = _rows(stats, key).sort_values("tasks_seen")
@@ -338,7 +337,7 @@ def plot_storage_bands(curve_table: pd.DataFrame, *,
     stats = aggregate(curve_table, ["cumulative_bytes"], by=[*CONFIGURATION, "tasks_seen"])
     styles = configuration_styles(curve_table)
     backbone = float(curve_table["backbone_bytes"].iloc[0])
-    fig = Figure(figsize=(9.5, 4.8), layout="constrained")
+    fig = Figure(figsize=(7.5, 5.2), layout="constrained")
     ax = fig.add_subplot()
     ends = []  # (tasks seen, bytes, colour) of each line's last point, labelled with its multiple
     for key, style in styles.items():
@@ -356,7 +355,7 @@ def plot_storage_bands(curve_table: pd.DataFrame, *,
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(right=ax.get_xlim()[1] + 0.25)
     ax.set_xlabel("tasks seen")
-    ax.set_ylabel("cumulative storage (bytes on disk)" + LOG)
+    ax.set_ylabel("cumulative storage (bytes on disk, log scale)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     _legend_with(ax, [], fontsize=8)
@@ -421,7 +420,7 @@ def plot_pareto(final: pd.DataFrame, *, title: str = "Final average score vs tot
     low, high = ax.get_xlim()
     ax.set_xlim(low / 1.3, high * 1.3)
     entry = _chance_level(ax, _final_chance(final))
-    ax.set_xlabel("total storage after the last task (bytes on disk)" + LOG)
+    ax.set_xlabel("total storage after the last task (bytes on disk, log scale)")
     ax.set_ylabel("final average score (mean ± sd)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
@@ -535,7 +534,7 @@ def plot_storage_scaling(fits: pd.DataFrame, curve_table: pd.DataFrame | None = 
     ax.set_xlim(1, max_tasks * 2.2)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("number of tasks t (log scale; dotted: " + ", ".join(map(str, marks)) + ")")
-    ax.set_ylabel("cumulative storage S(t) (bytes on disk)" + LOG)
+    ax.set_ylabel("cumulative storage S(t) (bytes on disk, log scale)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()

@@ -379,13 +379,15 @@ def plot_pareto(final: pd.DataFrame, *, title: str = "Final average score vs tot
 
     Variants of one method (its own setting swept: ``k``, density, adapter size) are joined by a line in
     order of storage; the Pareto front (no other configuration is both smaller and better) is the dotted
-    staircase, its points ringed. Faint points are the individual runs.
+    staircase, its points ringed. Faint points are the individual runs. A right panel puts the same scores
+    against bytes per task file, which tells apart shared-backbone methods whose totals the backbone makes
+    nearly equal. The dash-dot line is the average chance score.
     """
     final = _with_configuration(final)
-    stats = aggregate(final, ["average", "total_bytes"])
+    stats = aggregate(final, ["average", "total_bytes", "bytes_per_task"])
     styles = configuration_styles(final)
-    fig = Figure(figsize=(9.5, 5), layout="constrained")
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(11.5, 5.2), layout="constrained")
+    ax, per_task = fig.subplots(1, 2, sharey=True, width_ratios=[1.5, 1])
     short = _swept_settings(stats)
     first_of_family = set()
     for (family, budget), rows in stats.groupby(["method_name", "budget"], sort=False):
@@ -405,29 +407,41 @@ def plot_pareto(final: pd.DataFrame, *, title: str = "Final average score vs tot
                    zorder=2)
         # The smallest variant of a swept method is labelled on its left, the others on their right.
         left = key in first_of_family
+        # Bottom-aligned above the point: clear of the front's horizontal steps, which run at point height.
         ax.annotate(short[key], (row["total_bytes"], row["average"]), textcoords="offset points",
-                    xytext=(-8 if left else 8, 4), ha="right" if left else "left", fontsize=8,
+                    xytext=(-8 if left else 8, 5), ha="right" if left else "left", va="bottom", fontsize=8,
                     color=style["color"])
+        per_task.errorbar(row["bytes_per_task"], row["average"],
+                          yerr=0 if np.isnan(row["average_std"]) else row["average_std"], fmt=style["marker"],
+                          color=style["color"], markersize=7, capsize=3, zorder=3)
     front = stats[pareto_mask(stats["total_bytes"], stats["average"])].sort_values("total_bytes")
     ax.step(front["total_bytes"], front["average"], where="post", color="black", linestyle=":", linewidth=1.2,
             zorder=0)
     ax.scatter(front["total_bytes"], front["average"], s=230, facecolors="none", edgecolors="black",
                linewidths=1.0, zorder=4)
     ax.set_xscale("log")
+    low, high = ax.get_xlim()
+    ax.set_xlim(low / 1.3, high * 1.3)
     _bytes_axis(ax, "x")
     if "backbone_bytes" in final:
         _backbone_axis(ax, float(final["backbone_bytes"].iloc[0]), "x")
-    low, high = ax.get_xlim()
-    ax.set_xlim(low / 1.3, high * 1.3)
     entry = _chance_level(ax, _final_chance(final))
+    _chance_level(per_task, _final_chance(final))
+    per_task.set_xscale("log")
+    low, high = per_task.get_xlim()
+    per_task.set_xlim(low / 1.5, high * 1.5)
+    _bytes_axis(per_task, "x")
+    per_task.set_xlabel("bytes per task file (log scale)")
+    per_task.set_title("per task file (apart from the shared backbone)", fontsize=9)
+    per_task.grid(True, which="major", alpha=0.3)
     ax.set_xlabel("total storage after the last task (bytes on disk, log scale)")
     ax.set_ylabel("final average score (mean ± sd)")
-    ax.set_title(title, fontsize=10)
+    fig.suptitle(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], color="black", linestyle=":", marker="o", markerfacecolor="none", markersize=10))
     labels.append("Pareto front")
-    ax.figure.legend([*handles, entry[0]], [*labels, entry[1]], fontsize=8, loc="outside right upper")
+    fig.legend([*handles, entry[0]], [*labels, entry[1]], fontsize=8, loc="outside lower center", ncols=3)
     return fig
 
 

@@ -150,16 +150,29 @@ def _mean_or_nan(values: pd.Series) -> float:
     return float(values.mean()) if values.notna().all() and len(values) else float("nan")
 
 
+def _band_of_mean(bands: pd.Series) -> float:
+    """The noise band of a mean over independent test sets: root of the summed squared bands over their
+    count; nan when any band is missing."""
+    if not len(bands) or bands.isna().any():
+        return float("nan")
+    return float(np.sqrt((bands.astype(float) ** 2).sum()) / len(bands))
+
+
+def _with_chance_columns(table: pd.DataFrame) -> pd.DataFrame:
+    missing = {name: np.nan for name in ("chance_score", "noise_band") if name not in table}
+    return table.assign(**missing) if missing else table
+
+
 def curves(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, method, step): ``tasks_seen``, ``average_score``, ``chance_average`` (the average
-    a majority-class guesser scores on the same tasks; nan on ledgers without chance scores) and the
-    storage columns."""
+    """One row per (run, method, step): ``tasks_seen``, ``average_score``, ``chance_average`` and
+    ``chance_band`` (what a majority-class guesser averages on the same tasks, and that average's noise
+    band; nan on ledgers without chance scores) and the storage columns."""
     keys = ["run", "method", "step"]
-    if "chance_score" not in table:
-        table = table.assign(chance_score=np.nan)
+    table = _with_chance_columns(table)
     per_step = table.groupby(keys, sort=False).agg(average_score=("score", "mean"),
                                                    tasks_seen=("eval_task", "count"),
-                                                   chance_average=("chance_score", _mean_or_nan))
+                                                   chance_average=("chance_score", _mean_or_nan),
+                                                   chance_band=("noise_band", _band_of_mean))
     carried = _present(table, [c for c in dict.fromkeys(_STEP_COLUMNS + _RUN_META) if c not in keys])
     first = table.drop_duplicates(keys).set_index(keys)[carried]
     return per_step.join(first).reset_index()
@@ -182,7 +195,7 @@ def accuracy_matrix(table: pd.DataFrame, method: str, run: str | None = None) ->
 # Columns of final_table that are not task names.
 FINAL_COLUMNS = frozenset({"run", "method", "tasks", "average", "bytes_per_task", "total_bytes",
                            "new_params_per_task_pct", "total_params_multiplier", "bytes_vs_bound", "seed",
-                           "stream_length", "chance_average", *RUN_COLUMNS, *_CARRIED})
+                           "stream_length", "chance_average", "chance_band", *RUN_COLUMNS, *_CARRIED})
 
 
 def task_columns(final: pd.DataFrame) -> list[str]:
@@ -201,8 +214,9 @@ def final_table(table: pd.DataFrame) -> pd.DataFrame:
     scores = last.pivot_table(index=keys, columns="eval_task", values="score", aggfunc="first")
     out = out.join(scores.reindex(columns=tasks))
     out["average"] = last.groupby(keys, sort=False)["score"].mean()
-    chance = last["chance_score"] if "chance_score" in last else pd.Series(np.nan, index=last.index)
-    out["chance_average"] = chance.groupby([last["run"], last["method"]], sort=False).agg(_mean_or_nan)
+    chance = _with_chance_columns(last).groupby(keys, sort=False)
+    out["chance_average"] = chance["chance_score"].agg(_mean_or_nan)
+    out["chance_band"] = chance["noise_band"].agg(_band_of_mean)
     per_task = table.drop_duplicates([*keys, "step"]).groupby(keys, sort=False)
     out["bytes_per_task"] = per_task["artifact_bytes"].mean().astype(float)
     out["total_bytes"] = first["cumulative_bytes"].astype(int)
@@ -248,7 +262,7 @@ def final_stats(table: pd.DataFrame) -> pd.DataFrame:
     """Final scores per task, average, bytes and parameter columns over each configuration's runs."""
     final = final_table(table)
     values = [*task_columns(final), "average", "bytes_per_task", "total_bytes", "new_params_per_task_pct",
-              "total_params_multiplier"]
+              "total_params_multiplier", "chance_average", "chance_band"]
     return aggregate(final, values)
 
 
@@ -296,14 +310,18 @@ def forgetting(matrix: pd.DataFrame) -> float:
 
 
 def transfer_table(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, method): backward transfer, forgetting and final average (per-run points)."""
+    """One row per (run, method): backward transfer, forgetting and final average (per-run points), with
+    the chance average and band of the final step's tasks."""
     out = []
-    for (run, method), rows in table.groupby(["run", "method"], sort=False):
+    for (run, method), rows in _with_chance_columns(table).groupby(["run", "method"], sort=False):
         matrix = position_matrix(rows)
         first = rows.iloc[0]
+        last = rows[rows["step"] == rows["step"].max()]
         out.append({"run": run, "method": method, **{c: first[c] for c in _present(rows, _RUN_META)},
                     "backward_transfer": backward_transfer(matrix), "forgetting": forgetting(matrix),
-                    "final_average": float(np.nanmean(matrix.to_numpy(dtype=float)[-1]))})
+                    "final_average": float(np.nanmean(matrix.to_numpy(dtype=float)[-1])),
+                    "chance_average": _mean_or_nan(last["chance_score"]),
+                    "chance_band": _band_of_mean(last["noise_band"])})
     return pd.DataFrame(out)
 
 
@@ -358,9 +376,7 @@ def average_chance(chance: pd.DataFrame, tasks: Iterable[str]) -> tuple[float, f
     """(chance score, noise band) of the average over ``tasks``: the mean of their chance scores, and the
     band of a mean of independent test sets (root of the summed squared bands over the task count)."""
     rows = chance.reindex(list(tasks))
-    if rows.empty or rows.isna().any().any():
-        return float("nan"), float("nan")
-    return float(rows["chance_score"].mean()), float(np.sqrt((rows["noise_band"] ** 2).sum()) / len(rows))
+    return _mean_or_nan(rows["chance_score"]), _band_of_mean(rows["noise_band"])
 
 
 def not_above_chance(score: float, chance: float, band: float) -> bool:

@@ -529,19 +529,21 @@ def plot_storage_scaling(fits: pd.DataFrame, curve_table: pd.DataFrame | None = 
     crossings = crossings[(crossings["tasks"] >= 1) & (crossings["tasks"] <= max_tasks)]
     ax.scatter(crossings["tasks"], crossings["bytes"], s=70, facecolors="none", edgecolors="black", linewidths=1.0,
                zorder=4)
+    # Every storage line lies on or above the backbone's, so the strip below it is free of data: the
+    # crossings' labels go there, each joined to its ring by a thin leader.
     for cluster in _clusters(crossings["tasks"].tolist()):
         last = crossings[crossings["tasks"] == cluster[-1]].iloc[0]
         text = f"t={cluster[0]:.3g}" if len(cluster) == 1 else f"t={cluster[0]:.3g}–{cluster[-1]:.3g}"
-        ax.annotate(text, (last["tasks"], last["bytes"]), textcoords="offset points", xytext=(6, 6), fontsize=7)
+        ax.annotate(text, (last["tasks"], last["bytes"]), xytext=(last["tasks"] * 1.15, backbone / 1.12),
+                    textcoords="data", va="top", ha="left", fontsize=7,
+                    arrowprops={"arrowstyle": "-", "color": "black", "linewidth": 0.5, "shrinkB": 5})
     for mark in marks:
         ax.axvline(mark, color="grey", linestyle=":", linewidth=0.8)
-    ax.axhline(backbone, color="grey", linestyle="--", linewidth=0.8)
-    # Below the line, away from the crossings near t = 1 (every storage line lies above the backbone's).
-    ax.annotate(f"backbone ({human_bytes(backbone)})", (math.sqrt(max_tasks), backbone), textcoords="offset points",
-                xytext=(0, -4), va="top", ha="center", fontsize=7, color="grey")
+    ax.axhline(backbone, color="grey", linestyle="--", linewidth=0.8, label=f"backbone ({human_bytes(backbone)})")
     ax.set_xscale("log")
     ax.set_yscale("log")
     _label_ends(ax, [(max_tasks, value, text, color) for value, text, color in ends], backbone, 7)
+    ax.set_ylim(bottom=min(ax.get_ylim()[0], backbone / 1.45))
     _bytes_axis(ax)
     ax.yaxis.set_major_locator(LogLocator(base=2, numticks=14))
     _backbone_axis(ax, backbone, "y")

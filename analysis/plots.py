@@ -95,11 +95,11 @@ def _legend_with(ax, extra: list[tuple[Line2D, str]], **kwargs) -> None:
                      **{"loc": "outside lower center", "ncols": 2, **kwargs})
 
 
-def _per_task_bars(ax, methods: list[str], sizes: list[float], style: dict[str, dict]) -> None:
+def _per_task_bars(ax, methods: list[str], sizes: list[float], colors: list) -> None:
     """Horizontal bars of each method's bytes per task file (log x), the value written right of each bar's
     end, so methods whose cumulative storage is nearly equal (the backbone dominates) stay apart."""
     positions = np.arange(len(methods))
-    ax.barh(positions, sizes, color=[style[m]["color"] for m in methods], height=0.6)
+    ax.barh(positions, sizes, color=colors, height=0.6)
     for y, size in zip(positions, sizes):
         ax.annotate(human_bytes(size), (size, y), textcoords="offset points", xytext=(4, 0), va="center",
                     fontsize=7, annotation_clip=False)
@@ -137,7 +137,7 @@ def plot_storage(curve_table: pd.DataFrame, *, title: str = "Cumulative storage 
     ax.grid(True, which="major", alpha=0.3)
     fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncols=3)
     sizes = [float(curve_table.loc[curve_table["method"] == m, "artifact_bytes"].mean()) for m in methods]
-    _per_task_bars(bars, methods, sizes, style)
+    _per_task_bars(bars, methods, sizes, [style[m]["color"] for m in methods])
     return fig
 
 
@@ -331,14 +331,15 @@ def _backbone_axis(ax, backbone: float, axis: str) -> None:
 
 def plot_storage_bands(curve_table: pd.DataFrame, *,
                        title: str = "Cumulative storage as tasks arrive (mean over seeds and orders)") -> Figure:
-    """Cumulative bytes vs tasks seen (log scale) per configuration, the backbone's size as a reference
-    line, and the multiple of the backbone on the right axis."""
+    """Left: cumulative bytes vs tasks seen (log scale) per configuration, the backbone's size as a
+    reference line, and the multiple of the backbone on the right axis. Right: each configuration's mean
+    bytes per task file, which separates shared-backbone methods whose cumulative lines nearly coincide."""
     curve_table = _with_configuration(curve_table)
     stats = aggregate(curve_table, ["cumulative_bytes"], by=[*CONFIGURATION, "tasks_seen"])
     styles = configuration_styles(curve_table)
     backbone = float(curve_table["backbone_bytes"].iloc[0])
-    fig = Figure(figsize=(7.5, 5.2), layout="constrained")
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(11, 5.6), layout="constrained")
+    ax, bars = fig.subplots(1, 2, width_ratios=[1.5, 1])
     ends = []  # (tasks seen, bytes, colour) of each line's last point, labelled with its multiple
     for key, style in styles.items():
         rows = _rows(stats, key).sort_values("tasks_seen")
@@ -347,7 +348,10 @@ def plot_storage_bands(curve_table: pd.DataFrame, *,
         ax.plot(rows["tasks_seen"], mean, color=style["color"], marker=style["marker"],
                 linestyle=style["linestyle"], label=style["label"])
         ends.append((rows["tasks_seen"].iloc[-1], mean[-1], style["color"]))
-    ax.axhline(backbone, color="grey", linestyle="--", linewidth=1, label=f"backbone ({human_bytes(backbone)})")
+    # Only across the data, so the end labels to the right of the lines never sit on it.
+    seen = curve_table["tasks_seen"]
+    ax.plot([seen.min(), seen.max()], [backbone, backbone], color="grey", linestyle="--", linewidth=1,
+            label=f"backbone ({human_bytes(backbone)})")
     ax.set_yscale("log")
     _label_ends(ax, [(x, value, f"{value / backbone:.2f}×", color) for x, value, color in ends], backbone, 8)
     _bytes_axis(ax)
@@ -358,7 +362,10 @@ def plot_storage_bands(curve_table: pd.DataFrame, *,
     ax.set_ylabel("cumulative storage (bytes on disk, log scale)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    _legend_with(ax, [], fontsize=8)
+    _legend_with(ax, [], fontsize=8, ncols=3)
+    sizes = [float(_rows(curve_table, key)["artifact_bytes"].mean()) for key in styles]
+    _per_task_bars(bars, [style["label"] for style in styles.values()], sizes,
+                   [style["color"] for style in styles.values()])
     return fig
 
 
@@ -389,6 +396,9 @@ def plot_pareto(final: pd.DataFrame, *, title: str = "Final average score vs tot
     fig = Figure(figsize=(11.5, 5.2), layout="constrained")
     ax, per_task = fig.subplots(1, 2, sharey=True, width_ratios=[1.5, 1])
     short = _swept_settings(stats)
+    totals = stats["total_bytes"].to_numpy(dtype=float)
+    crowded = {(m, b): int(np.sum(np.abs(np.log(totals / total)) < np.log(1.1))) > 1
+               for m, b, total in zip(stats["method"], stats["budget"], totals)}
     first_of_family = set()
     for (family, budget), rows in stats.groupby(["method_name", "budget"], sort=False):
         if len(rows) > 1:
@@ -405,15 +415,20 @@ def plot_pareto(final: pd.DataFrame, *, title: str = "Final average score vs tot
         points = _rows(final, key)
         ax.scatter(points["total_bytes"], points["average"], s=12, color=style["color"], alpha=0.4, linewidths=0,
                    zorder=2)
-        # The smallest variant of a swept method is labelled on its left, the others on their right.
+        # The smallest variant of a swept method is labelled on its left, the others on their right,
+        # bottom-aligned above the point: clear of the front's horizontal steps, which run at point height.
+        # Points whose totals nearly coincide (the backbone dominates) are labelled only in the per-task
+        # panel, where they stand apart.
         left = key in first_of_family
-        # Bottom-aligned above the point: clear of the front's horizontal steps, which run at point height.
-        ax.annotate(short[key], (row["total_bytes"], row["average"]), textcoords="offset points",
-                    xytext=(-8 if left else 8, 5), ha="right" if left else "left", va="bottom", fontsize=8,
-                    color=style["color"])
+        if not crowded.get(key, False):
+            ax.annotate(short[key], (row["total_bytes"], row["average"]), textcoords="offset points",
+                        xytext=(-8 if left else 8, 5), ha="right" if left else "left", va="bottom", fontsize=8,
+                        color=style["color"])
         per_task.errorbar(row["bytes_per_task"], row["average"],
                           yerr=0 if np.isnan(row["average_std"]) else row["average_std"], fmt=style["marker"],
                           color=style["color"], markersize=7, capsize=3, zorder=3)
+        per_task.annotate(short[key], (row["bytes_per_task"], row["average"]), textcoords="offset points",
+                          xytext=(6, 3), ha="left", va="bottom", fontsize=7, color=style["color"])
     front = stats[pareto_mask(stats["total_bytes"], stats["average"])].sort_values("total_bytes")
     ax.step(front["total_bytes"], front["average"], where="post", color="black", linestyle=":", linewidth=1.2,
             zorder=0)
@@ -454,7 +469,7 @@ def plot_order_sensitivity(final: pd.DataFrame, *,
     styles = configuration_styles(final)
     orders = list(dict.fromkeys(final["order"]))
     offsets = _dodge(len(orders), 0.25)
-    fig = Figure(figsize=(max(6.0, 1.05 * len(styles) + 4.0), 4.8), layout="constrained")
+    fig = Figure(figsize=(max(6.0, 1.05 * len(styles) + 2.0), 5.4), layout="constrained")
     ax = fig.add_subplot()
     for x, (key, style) in enumerate(styles.items()):
         rows = _rows(final, key)
@@ -478,7 +493,7 @@ def plot_order_sensitivity(final: pd.DataFrame, *,
     handles = [Line2D([], [], linestyle="", marker=_MARKERS[j % len(_MARKERS)], color="grey",
                       markeredgecolor="black", markersize=7) for j in range(len(orders))]
     fig.legend([*handles, entry[0]], [*orders, entry[1]], title="task order", fontsize=7, title_fontsize=8,
-               loc="outside right upper")
+               loc="outside lower center", ncols=min(3, len(orders) + 1))
     ax.set_ylabel("final average score")
     ax.set_title(title, fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
@@ -539,7 +554,9 @@ def plot_storage_scaling(fits: pd.DataFrame, curve_table: pd.DataFrame | None = 
                     arrowprops={"arrowstyle": "-", "color": "black", "linewidth": 0.5, "shrinkB": 5})
     for mark in marks:
         ax.axvline(mark, color="grey", linestyle=":", linewidth=0.8)
-    ax.axhline(backbone, color="grey", linestyle="--", linewidth=0.8, label=f"backbone ({human_bytes(backbone)})")
+    # Up to the last task count only, so the end labels right of the lines never sit on it.
+    ax.plot([1, max_tasks], [backbone, backbone], color="grey", linestyle="--", linewidth=0.8,
+            label=f"backbone ({human_bytes(backbone)})")
     ax.set_xscale("log")
     ax.set_yscale("log")
     _label_ends(ax, [(max_tasks, value, text, color) for value, text, color in ends], backbone, 7)

@@ -180,7 +180,7 @@ def _lines_under_text(fig) -> list[tuple[str, str]]:
 
 
 def test_no_annotation_sits_on_a_data_line(figures):
-    for name in ("storage", "score_vs_storage", "pareto", "scaling"):
+    for name in ("storage", "score_vs_storage", "storage_bands", "pareto", "scaling"):
         assert _lines_under_text(figures[name]) == [], name
 
 
@@ -188,7 +188,7 @@ def test_methods_with_near_equal_storage_are_told_apart(run_dir, figures):
     final = final_table(load_ledger(run_dir)).set_index("method")
     small, large = "diff_pruning-density0.005", "diff_pruning-density0.02"
     assert final.at[large, "total_bytes"] / final.at[small, "total_bytes"] < 1.06  # the backbone dominates
-    for name in ("storage", "score_vs_storage", "pareto"):
+    for name in ("storage", "score_vs_storage", "storage_bands", "pareto"):
         panels = [ax for ax in figures[name].axes if "per task" in ax.get_xlabel()]
         assert panels, f"{name}: no per-task-bytes panel"
         ax = panels[0]

@@ -84,6 +84,17 @@ def storage_table(table: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+def marked_matrix(table: pd.DataFrame, method: str) -> pd.DataFrame:
+    """R[t, i] of one method as a table: scores marked when not above chance, then the chance row."""
+    matrix = accuracy_matrix(table, method)
+    chance = chance_table(table)
+    out = pd.DataFrame({task: [format_score(v, chance.at[task, "chance_score"], chance.at[task, "noise_band"])
+                               for v in matrix[task]] for task in matrix.columns}, index=matrix.index)
+    out.loc[CHANCE_ROW] = [format_chance(chance.at[task, "chance_score"], chance.at[task, "noise_band"])
+                           for task in matrix.columns]
+    return out.reset_index(names="after step")
+
+
 def completeness_note(table: pd.DataFrame, config: dict) -> list[str]:
     """Lines saying the run is unfinished (empty when every configured method finished the stream): what
     each method finished, and that the tables compare the arrivals all of them finished."""
@@ -138,8 +149,7 @@ def write_run_report(run_dir: str | Path) -> Path:
         rows = table[table["method"] == method]
         reevaluated = ((rows["eval_step"] < rows["step"]) & ~rows["reused"].astype(bool)).any()
         if reevaluated:
-            matrix = accuracy_matrix(table, method).reset_index(names="after step")
-            lines += [f"## Accuracy matrix R[t, i]: {method}", "", _markdown(matrix), ""]
+            lines += [f"## Accuracy matrix R[t, i]: {method}", "", _markdown(marked_matrix(table, method)), ""]
     seconds = phase_seconds(table).reset_index()
     lines += ["## Wall time per phase (seconds, all steps)", "", _markdown(seconds, ".1f"), "", "## More figures", ""]
     for name in ("storage", "average_score"):

@@ -21,7 +21,7 @@ from matplotlib.text import Text
 
 from analysis.plots import (plot_average_score, plot_order_sensitivity, plot_pareto, plot_score_bands,
                             plot_score_vs_storage, plot_storage, plot_storage_bands, plot_storage_scaling)
-from analysis.report import CHANCE_ROW, storage_table, summary_table, write_run_report
+from analysis.report import CHANCE_ROW, marked_matrix, storage_table, summary_table, write_run_report
 from analysis.scaling import storage_fits
 from analysis.study_report import summary_stats_table, write_study_report
 from analysis.tables import CHANCE_MARK, curves, final_table, human_bytes, load_ledger
@@ -274,3 +274,15 @@ def test_committed_reports_hold_no_absolute_path():
         absolute = re.findall(r"`(/[^`]*)`", path.read_text())
         assert not absolute, f"{path.relative_to(REPO)} names {absolute[:3]}"
 
+
+
+def test_accuracy_matrix_marks_a_forgotten_task_at_chance(tmp_path):
+    write_run(tmp_path / "seq", ("sequential",), seed=0, order_id="order0", chance=True)
+    table = load_ledger(tmp_path / "seq")
+    matrix = marked_matrix(table, "sequential").set_index("after step")
+    rte = table[(table["eval_task"] == "rte")].set_index("step")["score"]
+    for step, label in ((1, "1:rte"), (3, "3:stsb")):  # 8 points forgotten per arrival: 16 by step 3
+        guessing = rte[step] < CHANCE["rte"][0] + CHANCE["rte"][1]
+        assert matrix.at[label, "rte"] == f"{rte[step]:.1f}" + (CHANCE_MARK if guessing else "")
+    assert matrix.at["3:stsb", "rte"].endswith(CHANCE_MARK) and not matrix.at["1:rte", "rte"].endswith(CHANCE_MARK)
+    assert matrix.at[CHANCE_ROW, "rte"] == "52.7 (band 6.0)"

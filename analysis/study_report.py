@@ -293,8 +293,8 @@ def _reproducibility(paths: list[Path], base: Path) -> list[Section]:
         if spec_file and Path(spec_file).is_absolute():
             spec_file = relative_name(spec_file, base)
         text = [f"Study `{study['name']}` in `{relative_name(path, base)}` (relative to this report): the spec "
-                f"below (normalised; the original file is `{spec_file or 'not recorded'}`), the resolved config of every run in `study.json` "
-                "and each run's `config.json`, package versions per launch below and in each run's "
+                f"below (normalised; the original file is `{spec_file or 'not recorded'}`), the resolved config "
+                "of every run in `study.json` and each run's `config.json`, package versions per launch below and in each run's "
                 "`versions.json`. On CPU, re-running the spec with the same threads per worker reproduces the "
                 "ledgers' scores and bytes exactly (wall times differ)."]
         sections.append(Section(f"Reproducibility: {study['name']}", text,

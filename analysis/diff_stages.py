@@ -114,7 +114,7 @@ def plot_density_traces(traces: pd.DataFrame, *,
                     xytext=(2, 4), fontsize=8, color="grey")
     ax.set_yscale("log")
     ax.set_xlabel("L0-stage step")
-    ax.set_ylabel("expected density  Σ P(z≠0) / N")
+    ax.set_ylabel("expected density  Σ P(z≠0) / N (log scale)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()

@@ -40,73 +40,158 @@ def _bytes_axis(ax, axis: str = "y") -> None:
     even a narrow range gets a few labelled ticks."""
     target = ax.yaxis if axis == "y" else ax.xaxis
     if (ax.get_yscale() if axis == "y" else ax.get_xscale()) == "log":
-        target.set_major_locator(LogLocator(base=2, subs=(1.0, 1.5), numticks=10))
+        low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+        octaves = math.log2(high / low) if low > 0 and high > low else 1.0
+        # Narrow ranges get 1x and 1.5x ticks per octave; wide ones a power of two every few octaves (at
+        # most about 4 labels across, 6 up), so the labels never run into each other (call this after
+        # setting the axis limits).
+        if octaves <= 2.5:
+            target.set_major_locator(LogLocator(base=2, subs=(1.0, 1.5), numticks=10))
+        else:
+            step = max(1, math.ceil(octaves / (6 if axis == "y" else 4)))
+            target.set_major_locator(LogLocator(base=2 ** step, subs=(1.0,), numticks=20))
         target.set_minor_formatter(NullFormatter())
     target.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v) if v > 0 else "0"))
 
 
+_CHANCE_STYLE = {"color": "dimgrey", "linestyle": "-.", "linewidth": 1.2}
+
+
+def _chance_handle(level: float) -> tuple[Line2D, str]:
+    """A legend entry for the chance line, saying "n/a" when the ledger does not record chance scores."""
+    text = "n/a, the ledger predates chance scores" if math.isnan(level) else f"{level:.1f}"
+    return Line2D([], [], **_CHANCE_STYLE), f"chance, always the majority class: {text}"
+
+
+def _chance_level(ax, level: float) -> tuple[Line2D, str]:
+    """A horizontal line at the average chance score ``level`` (none when nan); returns its legend entry."""
+    if not math.isnan(level):
+        ax.axhline(level, zorder=0, **_CHANCE_STYLE)
+    return _chance_handle(level)
+
+
+def _chance_curve(ax, curve_table: pd.DataFrame) -> tuple[Line2D, str]:
+    """The average chance score over the tasks seen after each arrival (mean over runs), as a line; its
+    legend entry says the level after the last arrival."""
+    chance = curve_table.groupby("tasks_seen")["chance_average"].agg(
+        lambda v: v.mean() if v.notna().all() else np.nan) if "chance_average" in curve_table else pd.Series()
+    if chance.empty or chance.isna().any():
+        return _chance_handle(float("nan"))
+    ax.plot(chance.index, chance.to_numpy(), zorder=0, **_CHANCE_STYLE)
+    return _chance_handle(float(chance.iloc[-1]))
+
+
+def _final_chance(final: pd.DataFrame) -> float:
+    """The mean ``chance_average`` of a final table's rows; nan when any row lacks it."""
+    chance = final["chance_average"] if "chance_average" in final else pd.Series(np.nan, index=final.index)
+    return float(chance.mean()) if chance.notna().all() and len(chance) else float("nan")
+
+
+def _legend_with(ax, extra: list[tuple[Line2D, str]], **kwargs) -> None:
+    """The axes' legend plus ``extra`` entries, outside the axes below them, so it never covers a line,
+    a point or the chance line."""
+    handles, labels = ax.get_legend_handles_labels()
+    ax.figure.legend(handles + [h for h, _ in extra], labels + [t for _, t in extra],
+                     **{"loc": "outside lower center", "ncols": 2, **kwargs})
+
+
+def _per_task_bars(ax, methods: list[str], sizes: list[float], colors: list) -> None:
+    """Horizontal bars of each method's bytes per task file (log x), the value written right of each bar's
+    end, so methods whose cumulative storage is nearly equal (the backbone dominates) stay apart."""
+    positions = np.arange(len(methods))
+    ax.barh(positions, sizes, color=colors, height=0.6)
+    for y, size in zip(positions, sizes):
+        ax.annotate(human_bytes(size), (size, y), textcoords="offset points", xytext=(4, 0), va="center",
+                    fontsize=7, annotation_clip=False)
+    ax.set_yticks(positions, methods, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    low, high = min(sizes), max(sizes)
+    ax.set_xlim(low / 3, high * 5)  # room for the value labels right of the longest bar
+    _bytes_axis(ax, "x")
+    ax.set_xlabel("bytes per task file (log scale)")
+    ax.set_title("each task's file", fontsize=9)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(True, axis="x", which="major", alpha=0.3)
+
+
 def plot_storage(curve_table: pd.DataFrame, *, title: str = "Cumulative storage as tasks arrive") -> Figure:
-    """Cumulative bytes vs tasks seen, log scale, one line per method, the backbone as a reference line."""
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.add_subplot()
+    """Left: cumulative bytes vs tasks seen (log scale), one line per method, the backbone as a dashed
+    reference line named in the legend. Right: each method's bytes per task file, which separates
+    shared-backbone methods whose cumulative lines nearly coincide."""
+    fig = Figure(figsize=(10, 5), layout="constrained")
+    ax, bars = fig.subplots(1, 2, width_ratios=[1.6, 1])
     methods = list(dict.fromkeys(curve_table["method"]))
     style = _style(methods)
     for method in methods:
         rows = curve_table[curve_table["method"] == method].sort_values("tasks_seen")
         ax.plot(rows["tasks_seen"], rows["cumulative_bytes"], label=method, **style[method])
     backbone = curve_table["backbone_bytes"].iloc[0]
-    ax.axhline(backbone, color="grey", linestyle="--", linewidth=1)
-    ax.annotate(f"backbone ({human_bytes(backbone)})", (1, backbone), textcoords="offset points",
-                xytext=(2, 4), fontsize=8, color="grey")
+    ax.axhline(backbone, color="grey", linestyle="--", linewidth=1, label=f"backbone ({human_bytes(backbone)})")
     ax.set_yscale("log")
     _bytes_axis(ax)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("tasks seen")
     ax.set_ylabel("cumulative storage (bytes on disk, log scale)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncols=3)
+    sizes = [float(curve_table.loc[curve_table["method"] == m, "artifact_bytes"].mean()) for m in methods]
+    _per_task_bars(bars, methods, sizes, [style[m]["color"] for m in methods])
     return fig
 
 
 def plot_average_score(curve_table: pd.DataFrame, *, title: str = "Average score over the tasks seen") -> Figure:
-    """Average task score (0-100) over the tasks seen so far vs tasks seen, one line per method."""
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    """Average task score (0-100) over the tasks seen so far vs tasks seen, one line per method, and what
+    always answering the majority class averages on the same tasks (dash-dot; "n/a" in the legend when
+    the ledger does not record it)."""
+    fig = Figure(figsize=(7.5, 5), layout="constrained")
     ax = fig.add_subplot()
     methods = list(dict.fromkeys(curve_table["method"]))
     style = _style(methods)
     for method in methods:
         rows = curve_table[curve_table["method"] == method].sort_values("tasks_seen")
         ax.plot(rows["tasks_seen"], rows["average_score"], label=method, **style[method])
+    chance = _chance_curve(ax, curve_table)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("tasks seen")
     ax.set_ylabel("average score over tasks seen")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_with(ax, [chance], fontsize=8)
     return fig
 
 
-def plot_score_vs_storage(final: pd.DataFrame, *, title: str = "Final score vs total storage") -> Figure:
-    """Each method's final average score against its total storage (log x): up and left is better."""
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.add_subplot()
+def plot_score_vs_storage(final: pd.DataFrame, *, title: str = "Final score vs storage") -> Figure:
+    """Each method's final average score against its total storage (left) and its bytes per task file
+    (right; both log x): up and left is better. The right panel tells apart shared-backbone methods whose
+    totals the backbone makes nearly equal. The dash-dot line is the average chance score."""
+    fig = Figure(figsize=(10, 4.5), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
     methods = list(dict.fromkeys(final["method"]))
     style = _style(methods)
-    for method in methods:
-        rows = final[final["method"] == method]
-        ax.scatter(rows["total_bytes"], rows["average"], s=60, label=method, marker=style[method]["marker"],
-                   color=style[method]["color"])
-        for row in rows.itertuples():
-            ax.annotate(method, (row.total_bytes, row.average), textcoords="offset points", xytext=(5, 5),
-                        fontsize=8)
-    ax.set_xscale("log")
-    _bytes_axis(ax, "x")
-    ax.set_xlabel("total storage after the last task (bytes on disk, log scale)")
-    ax.set_ylabel("final average score")
-    ax.set_title(title)
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
+    level = _final_chance(final)
+    for ax, column, label in ((axes[0], "total_bytes", "total storage after the last task"),
+                              (axes[1], "bytes_per_task", "bytes per task file")):
+        for method in methods:
+            rows = final[final["method"] == method]
+            ax.scatter(rows[column], rows["average"], s=60, label=method, marker=style[method]["marker"],
+                       color=style[method]["color"], zorder=3)
+        entry = _chance_level(ax, level)
+        ax.set_xscale("log")
+        low, high = ax.get_xlim()
+        ax.set_xlim(low / 1.5, high * 1.5)
+        _bytes_axis(ax, "x")
+        ax.set_xlabel(f"{label} (bytes on disk, log scale)")
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].set_ylabel("final average score")
+    axes[0].set_title("total", fontsize=9)
+    axes[1].set_title("per task file (apart from the shared backbone)", fontsize=9)
+    handles, labels = axes[1].get_legend_handles_labels()
+    # Outside the axes, so it never covers a point or the chance line.
+    fig.legend([*handles, entry[0]], [*labels, entry[1]], fontsize=8, loc="outside lower center",
+               ncols=min(3, len(methods) + 1))
+    fig.suptitle(title, fontsize=10)
     return fig
 
 
@@ -207,7 +292,7 @@ def plot_score_bands(curve_table: pd.DataFrame, *,
     curve_table = _with_configuration(curve_table)
     stats = aggregate(curve_table, ["average_score"], by=[*CONFIGURATION, "tasks_seen"])
     styles = configuration_styles(curve_table)
-    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    fig = Figure(figsize=(7.5, 5.2), layout="constrained")
     ax = fig.add_subplot()
     for offset, (key, style) in zip(_dodge(len(styles)), styles.items()):
         rows = _rows(stats, key).sort_values("tasks_seen")
@@ -218,12 +303,13 @@ def plot_score_bands(curve_table: pd.DataFrame, *,
         points = _rows(curve_table, key)
         ax.scatter(points["tasks_seen"] + offset, points["average_score"], s=12, color=style["color"],
                    marker=style["marker"], alpha=0.45, linewidths=0)
+    chance = _chance_curve(ax, curve_table)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("tasks seen")
     ax.set_ylabel("average score over the tasks seen")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_with(ax, [chance], fontsize=8)
     return fig
 
 
@@ -245,14 +331,15 @@ def _backbone_axis(ax, backbone: float, axis: str) -> None:
 
 def plot_storage_bands(curve_table: pd.DataFrame, *,
                        title: str = "Cumulative storage as tasks arrive (mean over seeds and orders)") -> Figure:
-    """Cumulative bytes vs tasks seen (log scale) per configuration, the backbone's size as a reference
-    line, and the multiple of the backbone on the right axis."""
+    """Left: cumulative bytes vs tasks seen (log scale) per configuration, the backbone's size as a
+    reference line, and the multiple of the backbone on the right axis. Right: each configuration's mean
+    bytes per task file, which separates shared-backbone methods whose cumulative lines nearly coincide."""
     curve_table = _with_configuration(curve_table)
     stats = aggregate(curve_table, ["cumulative_bytes"], by=[*CONFIGURATION, "tasks_seen"])
     styles = configuration_styles(curve_table)
     backbone = float(curve_table["backbone_bytes"].iloc[0])
-    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(11, 5.6), layout="constrained")
+    ax, bars = fig.subplots(1, 2, width_ratios=[1.5, 1])
     ends = []  # (tasks seen, bytes, label, colour) of each line's last point, labelled with its multiple
     for key, style in styles.items():
         rows = _rows(stats, key).sort_values("tasks_seen")
@@ -261,7 +348,10 @@ def plot_storage_bands(curve_table: pd.DataFrame, *,
         ax.plot(rows["tasks_seen"], mean, color=style["color"], marker=style["marker"],
                 linestyle=style["linestyle"], label=style["label"])
         ends.append((rows["tasks_seen"].iloc[-1], mean[-1], style["label"], style["color"]))
-    ax.axhline(backbone, color="grey", linestyle="--", linewidth=1, label=f"backbone ({human_bytes(backbone)})")
+    # Only across the data, so the end labels to the right of the lines never sit on it.
+    seen = curve_table["tasks_seen"]
+    ax.plot([seen.min(), seen.max()], [backbone, backbone], color="grey", linestyle="--", linewidth=1,
+            label=f"backbone ({human_bytes(backbone)})")
     ax.set_yscale("log")
     # Each end label names its line: lines of the shared-backbone methods end close together.
     _label_ends(ax, [(x, value, f"{label} {value / backbone:.2f}×", color) for x, value, label, color in ends],
@@ -274,7 +364,10 @@ def plot_storage_bands(curve_table: pd.DataFrame, *,
     ax.set_ylabel("cumulative storage (bytes on disk, log scale)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    _legend_with(ax, [], fontsize=8, ncols=3)
+    sizes = [float(_rows(curve_table, key)["artifact_bytes"].mean()) for key in styles]
+    _per_task_bars(bars, [style["label"] for style in styles.values()], sizes,
+                   [style["color"] for style in styles.values()])
     return fig
 
 
@@ -295,14 +388,19 @@ def plot_pareto(final: pd.DataFrame, *, title: str = "Final average score vs tot
 
     Variants of one method (its own setting swept: ``k``, density, adapter size) are joined by a line in
     order of storage; the Pareto front (no other configuration is both smaller and better) is the dotted
-    staircase, its points ringed. Faint points are the individual runs.
+    staircase, its points ringed. Faint points are the individual runs. A right panel puts the same scores
+    against bytes per task file, which tells apart shared-backbone methods whose totals the backbone makes
+    nearly equal. The dash-dot line is the average chance score.
     """
     final = _with_configuration(final)
-    stats = aggregate(final, ["average", "total_bytes"])
+    stats = aggregate(final, ["average", "total_bytes", "bytes_per_task"])
     styles = configuration_styles(final)
-    fig = Figure(figsize=(7.5, 5), layout="constrained")
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(11.5, 5.2), layout="constrained")
+    ax, per_task = fig.subplots(1, 2, sharey=True, width_ratios=[1.5, 1])
     short = _swept_settings(stats)
+    totals = stats["total_bytes"].to_numpy(dtype=float)
+    crowded = {(m, b): int(np.sum(np.abs(np.log(totals / total)) < np.log(1.1))) > 1
+               for m, b, total in zip(stats["method"], stats["budget"], totals)}
     first_of_family = set()
     for (family, budget), rows in stats.groupby(["method_name", "budget"], sort=False):
         if len(rows) > 1:
@@ -319,30 +417,50 @@ def plot_pareto(final: pd.DataFrame, *, title: str = "Final average score vs tot
         points = _rows(final, key)
         ax.scatter(points["total_bytes"], points["average"], s=12, color=style["color"], alpha=0.4, linewidths=0,
                    zorder=2)
-        # The smallest variant of a swept method is labelled on its left, the others on their right.
+        # The smallest variant of a swept method is labelled on its left, the others on their right,
+        # bottom-aligned above the point: clear of the front's horizontal steps, which run at point height.
+        # Points whose totals nearly coincide (the backbone dominates) are labelled only in the per-task
+        # panel, where they stand apart.
         left = key in first_of_family
-        ax.annotate(short[key], (row["total_bytes"], row["average"]), textcoords="offset points",
-                    xytext=(-8 if left else 8, 4), ha="right" if left else "left", fontsize=8,
-                    color=style["color"])
+        if not crowded.get(key, False):
+            ax.annotate(short[key], (row["total_bytes"], row["average"]), textcoords="offset points",
+                        xytext=(-8 if left else 8, 5), ha="right" if left else "left", va="bottom", fontsize=8,
+                        color=style["color"])
+        per_task.errorbar(row["bytes_per_task"], row["average"],
+                          yerr=0 if np.isnan(row["average_std"]) else row["average_std"], fmt=style["marker"],
+                          color=style["color"], markersize=7, capsize=3, zorder=3)
+        per_task.annotate(short[key], (row["bytes_per_task"], row["average"]), textcoords="offset points",
+                          xytext=(6, 3), ha="left", va="bottom", fontsize=7, color=style["color"])
     front = stats[pareto_mask(stats["total_bytes"], stats["average"])].sort_values("total_bytes")
     ax.step(front["total_bytes"], front["average"], where="post", color="black", linestyle=":", linewidth=1.2,
             zorder=0)
     ax.scatter(front["total_bytes"], front["average"], s=230, facecolors="none", edgecolors="black",
                linewidths=1.0, zorder=4)
     ax.set_xscale("log")
+    low, high = ax.get_xlim()
+    ax.set_xlim(low / 1.3, high * 1.3)
     _bytes_axis(ax, "x")
     if "backbone_bytes" in final:
         _backbone_axis(ax, float(final["backbone_bytes"].iloc[0]), "x")
     low, high = ax.get_xlim()
     ax.set_xlim(low / 1.3, high * 1.3)
+    entry = _chance_level(ax, _final_chance(final))
+    _chance_level(per_task, _final_chance(final))
+    per_task.set_xscale("log")
+    low, high = per_task.get_xlim()
+    per_task.set_xlim(low / 1.5, high * 1.5)
+    _bytes_axis(per_task, "x")
+    per_task.set_xlabel("bytes per task file (log scale)")
+    per_task.set_title("per task file (apart from the shared backbone)", fontsize=9)
+    per_task.grid(True, which="major", alpha=0.3)
     ax.set_xlabel("total storage after the last task (bytes on disk, log scale)")
     ax.set_ylabel("final average score (mean ± sd)")
-    ax.set_title(title, fontsize=10)
+    fig.suptitle(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], color="black", linestyle=":", marker="o", markerfacecolor="none", markersize=10))
     labels.append("Pareto front")
-    ax.legend(handles, labels, fontsize=8)
+    fig.legend([*handles, entry[0]], [*labels, entry[1]], fontsize=8, loc="outside lower center", ncols=3)
     return fig
 
 
@@ -355,7 +473,7 @@ def plot_order_sensitivity(final: pd.DataFrame, *,
     styles = configuration_styles(final)
     orders = list(dict.fromkeys(final["order"]))
     offsets = _dodge(len(orders), 0.25)
-    fig = Figure(figsize=(max(6.0, 1.05 * len(styles) + 2.0), 4.8), layout="constrained")
+    fig = Figure(figsize=(max(6.0, 1.05 * len(styles) + 2.0), 5.4), layout="constrained")
     ax = fig.add_subplot()
     for x, (key, style) in enumerate(styles.items()):
         rows = _rows(final, key)
@@ -375,9 +493,11 @@ def plot_order_sensitivity(final: pd.DataFrame, *,
                        marker=_MARKERS[j % len(_MARKERS)], edgecolors="black", linewidths=0.5, zorder=3)
     ax.set_xticks(range(len(styles)), [style["label"] for style in styles.values()], rotation=15, ha="right",
                   fontsize=8)
+    entry = _chance_level(ax, _final_chance(final))
     handles = [Line2D([], [], linestyle="", marker=_MARKERS[j % len(_MARKERS)], color="grey",
                       markeredgecolor="black", markersize=7) for j in range(len(orders))]
-    ax.legend(handles, orders, title="task order", fontsize=7, title_fontsize=8, loc="best")
+    fig.legend([*handles, entry[0]], [*orders, entry[1]], title="task order", fontsize=7, title_fontsize=8,
+               loc="outside lower center", ncols=min(3, len(orders) + 1))
     ax.set_ylabel("final average score")
     ax.set_title(title, fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
@@ -408,7 +528,7 @@ def plot_storage_scaling(fits: pd.DataFrame, curve_table: pd.DataFrame | None = 
     backbone = float(fits["backbone_bytes"].iloc[0])
     grid = np.unique(np.concatenate([np.geomspace(1, max_tasks, 200), marks]))
     lines = extrapolate_storage(fits, grid)
-    fig = Figure(figsize=(8.5, 5.5), layout="constrained")
+    fig = Figure(figsize=(10.5, 5.5), layout="constrained")
     ax = fig.add_subplot()
     ends = []  # (S(max_tasks), label, colour) per configuration, labelled at the right edge
     for key, style in styles.items():
@@ -428,19 +548,23 @@ def plot_storage_scaling(fits: pd.DataFrame, curve_table: pd.DataFrame | None = 
     crossings = crossings[(crossings["tasks"] >= 1) & (crossings["tasks"] <= max_tasks)]
     ax.scatter(crossings["tasks"], crossings["bytes"], s=70, facecolors="none", edgecolors="black", linewidths=1.0,
                zorder=4)
+    # Every storage line lies on or above the backbone's, so the strip below it is free of data: the
+    # crossings' labels go there, each joined to its ring by a thin leader.
     for cluster in _clusters(crossings["tasks"].tolist()):
         last = crossings[crossings["tasks"] == cluster[-1]].iloc[0]
         text = f"t={cluster[0]:.3g}" if len(cluster) == 1 else f"t={cluster[0]:.3g}–{cluster[-1]:.3g}"
-        ax.annotate(text, (last["tasks"], last["bytes"]), textcoords="offset points", xytext=(6, 6), fontsize=7)
+        ax.annotate(text, (last["tasks"], last["bytes"]), xytext=(last["tasks"] * 1.15, backbone / 1.12),
+                    textcoords="data", va="top", ha="left", fontsize=7,
+                    arrowprops={"arrowstyle": "-", "color": "black", "linewidth": 0.5, "shrinkB": 5})
     for mark in marks:
         ax.axvline(mark, color="grey", linestyle=":", linewidth=0.8)
-    ax.axhline(backbone, color="grey", linestyle="--", linewidth=0.8)
-    # Below the line, away from the crossings near t = 1 (every storage line lies above the backbone's).
-    ax.annotate(f"backbone ({human_bytes(backbone)})", (math.sqrt(max_tasks), backbone), textcoords="offset points",
-                xytext=(0, -4), va="top", ha="center", fontsize=7, color="grey")
+    # Up to the last task count only, so the end labels right of the lines never sit on it.
+    ax.plot([1, max_tasks], [backbone, backbone], color="grey", linestyle="--", linewidth=0.8,
+            label=f"backbone ({human_bytes(backbone)})")
     ax.set_xscale("log")
     ax.set_yscale("log")
     _label_ends(ax, [(max_tasks, value, text, color) for value, text, color in ends], backbone, 7)
+    ax.set_ylim(bottom=min(ax.get_ylim()[0], backbone / 1.45))
     _bytes_axis(ax)
     ax.yaxis.set_major_locator(LogLocator(base=2, numticks=14))
     _backbone_axis(ax, backbone, "y")
@@ -457,7 +581,7 @@ def plot_storage_scaling(fits: pd.DataFrame, curve_table: pd.DataFrame | None = 
     if curve_table is not None:
         handles.append(Line2D([], [], color="black", marker="o", linestyle="", markersize=4))
         labels.append("measured")
-    ax.legend(handles, labels, fontsize=7, loc="upper left")
+    fig.legend(handles, labels, fontsize=7, loc="outside right upper")
     return fig
 
 

@@ -14,6 +14,7 @@ import html
 import io
 import json
 import math
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,9 +26,10 @@ from matplotlib.figure import Figure
 from analysis.heatmaps import evolving_configurations, plot_accuracy_matrices, plot_placement
 from analysis.placement import PLACEMENT_KEY, load_placement, placement_summary
 from analysis.plots import FIGURE_DPI, plot_order_sensitivity, plot_pareto, plot_score_bands, plot_storage_bands
-from analysis.report import FIGURES_DIR, _markdown
-from analysis.tables import (aggregate, curve_stats, curves, final_stats, final_table, human_bytes, is_study_dir,
-                             load_ledger, order_table, read_study, run_entries, task_columns, transfer_table)
+from analysis.report import CHANCE_ROW, FIGURES_DIR, _markdown
+from analysis.tables import (CHANCE_LEGEND, CONFIGURATION, aggregate, average_chance, chance_table, curves,
+                             final_stats, final_table, format_chance, format_score, human_bytes, is_study_dir,
+                             load_ledger, progress, read_study, run_entries, task_columns, transfer_table)
 from stream.core.rundir import CONFIG_FILE, read_run_config
 
 REPORT_MD = "report.md"
@@ -70,36 +72,56 @@ def _label(row, several_budgets: bool) -> str:
 
 def summary_stats_table(table: pd.DataFrame) -> pd.DataFrame:
     """The paper table: per configuration, final score per task and average, new params per task, the
-    total-params multiplier, bytes per task and total bytes, each mean ± sd over its runs."""
+    total-params multiplier, bytes per task and total bytes, each mean ± sd over its runs. A mean within
+    the noise band of chance gets :data:`~analysis.tables.CHANCE_MARK`; the last row gives each task's
+    chance score and band ("n/a" for ledgers that predate them)."""
     stats = final_stats(table)
+    chance = chance_table(table)
     several = stats["budget"].nunique() > 1
     out = pd.DataFrame({"method": [_label(r, several) for _, r in stats.iterrows()], "runs": stats["n"]})
-    for task in task_columns(stats):
-        out[task] = [pm(m, s) for m, s in zip(stats[task], stats[f"{task}_std"])]
-    out["GLUE avg"] = [pm(m, s) for m, s in zip(stats["average"], stats["average_std"])]
+    tasks = task_columns(stats)
+    for task in tasks:
+        level, band = chance.at[task, "chance_score"], chance.at[task, "noise_band"]
+        out[task] = [format_score(m, level, band, pm(m, s)) for m, s in zip(stats[task], stats[f"{task}_std"])]
+    out["GLUE avg"] = [format_score(m, level, band, pm(m, s)) for m, s, level, band in
+                       zip(stats["average"], stats["average_std"], stats["chance_average"], stats["chance_band"])]
     out["new params / task"] = [pm(m, s, "{:.3g}") + "%" for m, s in
                                 zip(stats["new_params_per_task_pct"], stats["new_params_per_task_pct_std"])]
     out["total params"] = [pm(m, s, "{:.2f}") + "×" for m, s in
                            zip(stats["total_params_multiplier"], stats["total_params_multiplier_std"])]
     out["bytes / task"] = [pm_bytes(m, s) for m, s in zip(stats["bytes_per_task"], stats["bytes_per_task_std"])]
     out["total bytes"] = [pm_bytes(m, s) for m, s in zip(stats["total_bytes"], stats["total_bytes_std"])]
-    return out
+    average = average_chance(chance, tasks)
+    chance_row = {"method": CHANCE_ROW, "runs": "", "GLUE avg": format_chance(*average),
+                  **{task: format_chance(chance.at[task, "chance_score"], chance.at[task, "noise_band"])
+                     for task in tasks}}
+    return pd.concat([out, pd.DataFrame([chance_row])], ignore_index=True).fillna("")
 
 
-def _by_tasks_seen(table: pd.DataFrame, value: str, cell) -> pd.DataFrame:
-    stats = curve_stats(table)
+def _by_tasks_seen(table: pd.DataFrame, value: str, cell, chance: bool = False) -> pd.DataFrame:
+    """``value`` per configuration (rows) after each arrival (columns); with ``chance``, scores are marked
+    against the chance average of the same tasks and a last row gives that chance average and band."""
+    stats = aggregate(curves(table), [value, "chance_average", "chance_band"], by=[*CONFIGURATION, "tasks_seen"])
     several = stats["budget"].nunique() > 1
     stats["label"] = [_label(r, several) for _, r in stats.iterrows()]
     stats["cell"] = [cell(m, s) for m, s in zip(stats[value], stats[f"{value}_std"])]
+    if chance:
+        stats["cell"] = [format_score(m, c, b, text) for m, c, b, text in
+                         zip(stats[value], stats["chance_average"], stats["chance_band"], stats["cell"])]
     pivot = stats.pivot(index="label", columns="tasks_seen", values="cell")
     pivot = pivot.reindex(list(dict.fromkeys(stats["label"])))
+    if chance:
+        levels = stats.groupby("tasks_seen")[["chance_average", "chance_band"]].mean()
+        pivot.loc[CHANCE_ROW] = [format_chance(levels.at[t, "chance_average"], levels.at[t, "chance_band"])
+                                 for t in pivot.columns]
     pivot.columns = [f"after {c}" for c in pivot.columns]
-    return pivot.reset_index(names="method")
+    return pivot.reset_index(names="method").fillna("n/a")
 
 
 def average_score_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Average score over the tasks seen, after each arrival (mean ± sd over runs)."""
-    return _by_tasks_seen(table, "average_score", pm)
+    """Average score over the tasks seen, after each arrival (mean ± sd over runs), marked against the
+    chance average of the same tasks, which the last row gives."""
+    return _by_tasks_seen(table, "average_score", pm, chance=True)
 
 
 def cumulative_bytes_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -111,28 +133,36 @@ def transfer_summary(table: pd.DataFrame, configurations: list[tuple[str, str]])
     """Backward transfer, forgetting and final average of the given configurations (mean ± sd)."""
     transfer = transfer_table(table)
     keep = transfer[[key in configurations for key in zip(transfer["method"], transfer["budget"])]]
-    stats = aggregate(keep, ["backward_transfer", "forgetting", "final_average"])
+    stats = aggregate(keep, ["backward_transfer", "forgetting", "final_average", "chance_average", "chance_band"])
     several = stats["budget"].nunique() > 1
     return pd.DataFrame({
         "method": [_label(r, several) for _, r in stats.iterrows()], "runs": stats["n"],
         "backward transfer": [pm(m, s, "{:+.1f}") for m, s in zip(stats["backward_transfer"],
                                                                   stats["backward_transfer_std"])],
         "forgetting": [pm(m, s) for m, s in zip(stats["forgetting"], stats["forgetting_std"])],
-        "final average": [pm(m, s) for m, s in zip(stats["final_average"], stats["final_average_std"])]})
+        "final average": [format_score(m, c, b, pm(m, s)) for m, s, c, b in
+                          zip(stats["final_average"], stats["final_average_std"], stats["chance_average"],
+                              stats["chance_band"])]})
 
 
 def order_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Final average per configuration (rows) and task order (columns, mean ± sd over seeds), and the
     spread between the orders' means."""
-    stats = order_table(table)
+    stats = aggregate(final_table(table), ["average", "chance_average", "chance_band"],
+                      by=[*CONFIGURATION, "order"])
     several = stats["budget"].nunique() > 1
     stats["label"] = [_label(r, several) for _, r in stats.iterrows()]
-    stats["cell"] = [pm(m, s) for m, s in zip(stats["average"], stats["average_std"])]
+    stats["cell"] = [format_score(m, c, b, pm(m, s)) for m, s, c, b in
+                     zip(stats["average"], stats["average_std"], stats["chance_average"], stats["chance_band"])]
     pivot = stats.pivot(index="label", columns="order", values="cell")
     labels = list(dict.fromkeys(stats["label"]))
-    pivot = pivot.reindex(index=labels, columns=list(dict.fromkeys(stats["order"])))
+    orders = list(dict.fromkeys(stats["order"]))
+    pivot = pivot.reindex(index=labels, columns=orders)
     spread = stats.groupby("label")["average"].agg(lambda v: v.max() - v.min()).reindex(labels)
     pivot["spread"] = [f"{v:.1f}" for v in spread]
+    levels = stats.groupby("order")[["chance_average", "chance_band"]].mean()
+    pivot.loc[CHANCE_ROW] = [*(format_chance(levels.at[o, "chance_average"], levels.at[o, "chance_band"])
+                               for o in orders), ""]
     return pivot.reset_index(names="method")
 
 
@@ -159,21 +189,47 @@ def runs_table(table: pd.DataFrame, statuses: dict[str, dict]) -> pd.DataFrame:
         state = statuses.get(row["run"], {}).get("state", "complete" if row["tasks"] else "")
         rows.append({"run": row.get("run_id", Path(row["run"]).name), "method": row["method"], "seed": row["seed"],
                      "order": row.get("order", ""), "state": state, "tasks": row["tasks"],
-                     "final average": f"{row['average']:.1f}", "total bytes": human_bytes(row["total_bytes"]),
+                     "final average": format_score(row["average"], row["chance_average"], row["chance_band"]),
+                     "chance": format_chance(row["chance_average"], row["chance_band"]),
+                     "total bytes": human_bytes(row["total_bytes"]),
                      "wall s": f"{wall[(row['run'], row['method'])]:.0f}"})
     seen = set(final["run"])
     for run_dir, status in statuses.items():
         if run_dir not in seen:
             rows.append({"run": status["run_id"], "method": status["method"], "seed": status["seed"],
                          "order": ">".join(status.get("order", [])), "state": status.get("state", "pending"),
-                         "tasks": 0, "final average": "", "total bytes": "", "wall s": ""})
+                         "tasks": 0, "final average": "", "chance": "", "total bytes": "", "wall s": ""})
     return pd.DataFrame(rows)
 
 
-def study_figures(table: pd.DataFrame, placement: pd.DataFrame | None = None) -> dict[str, Figure]:
+def finished_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The rows the final-score tables and figures use, and a sentence saying which (empty when all is
+    finished): the runs that finished their stream when some did, so no average mixes 2-task and 3-task
+    means; else every run cut to the arrivals all of them finished."""
+    done = progress(table)
+    if done["finished"].all():
+        return table, ""
+    key = pd.MultiIndex.from_frame(table[["run", "method"]])
+    finished = pd.MultiIndex.from_frame(done.loc[done["finished"], ["run", "method"]])
+    if len(finished):
+        return (table[key.isin(finished)],
+                f"{int((~done['finished']).sum())} of {len(done)} runs have not finished their task stream; the "
+                "final-score tables and figures use only the finished runs (every run is in Runs, and in the "
+                "curves up to where it got).")
+    common = int(done["done"].min())
+    return (table[table["step"] <= common],
+            f"No run has finished its task stream yet: the final-score tables and figures compare every run "
+            f"after its first {common} task(s), the most that all of them finished; averages are over those "
+            "tasks only.")
+
+
+def study_figures(table: pd.DataFrame, placement: pd.DataFrame | None = None,
+                  final_rows: pd.DataFrame | None = None) -> dict[str, Figure]:
     """Every figure the report shows, by name; the forgetting and placement figures only when the runs
-    hold an evolving method or recorded placement."""
-    curve_table, final = curves(table), final_table(table)
+    hold an evolving method or recorded placement. The final-score figures use ``final_rows`` (default:
+    :func:`finished_rows`), the curves every row."""
+    final_rows = finished_rows(table)[0] if final_rows is None else final_rows
+    curve_table, final = curves(table), final_table(final_rows)
     figures = {"average_score": plot_score_bands(curve_table), "storage": plot_storage_bands(curve_table),
                "pareto": plot_pareto(final), "order_sensitivity": plot_order_sensitivity(final)}
     if evolving_configurations(table):
@@ -186,14 +242,22 @@ def study_figures(table: pd.DataFrame, placement: pd.DataFrame | None = None) ->
     return figures
 
 
-def _overview(table: pd.DataFrame, paths: list[Path], statuses: dict[str, dict]) -> list[str]:
+def relative_name(path: str | Path, base: str | Path) -> str:
+    """``path`` named relative to ``base`` (the report's directory), never as an absolute path of this
+    machine: a report read elsewhere, or committed, still points at its sources."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(base).resolve())).as_posix()
+
+
+def _overview(table: pd.DataFrame, paths: list[Path], statuses: dict[str, dict], base: Path) -> list[str]:
     runs = table.drop_duplicates(["run", "method"])
     configs = runs.drop_duplicates(["method", "budget"])
     backbones = sorted({read_run_config(r).get("backbone", "?")
                         for r in runs["run"] if (Path(r) / CONFIG_FILE).exists()})
     failed = [s for s in statuses.values() if s.get("state") == "failed"]
     pending = [s for s in statuses.values() if s.get("state") not in ("done", "failed")]
-    lines = [f"- sources: {', '.join(f'`{p}`' for p in paths)}",
+    names = [relative_name(p, base) for p in paths]
+    lines = [f"- sources (relative to this report): "
+             f"{', '.join('`.` (the directory of this report)' if n == '.' else f'`{n}`' for n in names)}",
              f"- runs: {len(runs)} with results" + (f", {len(failed)} failed" if failed else "")
              + (f", {len(pending)} not finished" if pending else "")
              + f"; {len(configs)} configurations (method x budget), seeds {sorted(set(runs['seed']))}, "
@@ -211,7 +275,7 @@ def _overview(table: pd.DataFrame, paths: list[Path], statuses: dict[str, dict])
     return lines
 
 
-def _reproducibility(paths: list[Path]) -> list[Section]:
+def _reproducibility(paths: list[Path], base: Path) -> list[Section]:
     sections = []
     for path in paths:
         if not is_study_dir(path):
@@ -225,9 +289,12 @@ def _reproducibility(paths: list[Path]) -> list[Section]:
                  "runs to do": len(l.get("runs_to_do", [])) if isinstance(l.get("runs_to_do"), list) else "",
                  "python": l.get("versions", {}).get("python", ""), "torch": l.get("versions", {}).get("torch", ""),
                  "transformers": l.get("versions", {}).get("transformers", "")} for l in launches]
-        text = [f"Study `{study['name']}` in `{path}`: the spec below (normalised; the original file is "
-                f"`{study.get('spec_file') or 'not recorded'}`), the resolved config of every run in `study.json` "
-                "and each run's `config.json`, package versions per launch below and in each run's "
+        spec_file = study.get("spec_file")
+        if spec_file and Path(spec_file).is_absolute():
+            spec_file = relative_name(spec_file, base)
+        text = [f"Study `{study['name']}` in `{relative_name(path, base)}` (relative to this report): the spec "
+                f"below (normalised; the original file is `{spec_file or 'not recorded'}`), the resolved config "
+                "of every run in `study.json` and each run's `config.json`, package versions per launch below and in each run's "
                 "`versions.json`. On CPU, re-running the spec with the same threads per worker reproduces the "
                 "ledgers' scores and bytes exactly (wall times differ)."]
         sections.append(Section(f"Reproducibility: {study['name']}", text,
@@ -236,25 +303,36 @@ def _reproducibility(paths: list[Path]) -> list[Section]:
     return sections
 
 
-def build_report(paths: Iterable[str | Path]) -> tuple[str, list[Section], dict[str, Figure]]:
-    """The report's title, sections and figures for run and study directories."""
+def build_report(paths: Iterable[str | Path], out_dir: str | Path | None = None
+                 ) -> tuple[str, list[Section], dict[str, Figure]]:
+    """The report's title, sections and figures for run and study directories; sources are named
+    relative to ``out_dir``, where the report will be written (default: the current directory)."""
     paths = [Path(p) for p in paths]
+    base = Path(out_dir) if out_dir is not None else Path.cwd()
     table = load_ledger(paths)
     if table.empty:
         raise FileNotFoundError(f"No run under {', '.join(map(str, paths))} has recorded results yet.")
     statuses = _statuses(paths)
     entries = run_entries(paths)
     placement = load_placement(table)
-    figures = study_figures(table, placement)
+    final_rows, unfinished = finished_rows(table)
+    figures = study_figures(table, placement, final_rows)
     studies = [read_study(p)["name"] for p in paths if is_study_dir(p)]
     title = (f"taskstream study: {studies[0]}" if len(paths) == 1 and studies
              else f"taskstream comparison of {len(entries)} runs")
     sections = [
-        Section("Overview", _overview(table, paths, statuses)),
+        Section("Overview", [*(["**Incomplete.** " + unfinished] if unfinished else []),
+                             *_overview(table, paths, statuses, base)]),
         Section("Final scores and storage", ["Per configuration, after the last task: score per task, GLUE-style "
-                                             "average, the papers' parameter columns and the true bytes on disk."],
-                table=summary_stats_table(table)),
-        Section("Average score vs tasks seen", ["Mean over runs with a ±1 sd band; faint points are single runs. "
+                                             "average, the papers' parameter columns and the true bytes on disk. "
+                                             f"The last row, {CHANCE_ROW}, is what always answering the task's "
+                                             "majority training class (regression: the mean label) scores, with "
+                                             "its noise band (two standard errors of a guessing score on the test "
+                                             "rows); n/a where the ledgers predate them.", CHANCE_LEGEND]
+                + ([unfinished] if unfinished else []),
+                table=summary_stats_table(final_rows)),
+        Section("Average score vs tasks seen", ["Mean over runs with a ±1 sd band; faint points are single runs; "
+                                                "the dash-dot line is the chance average of the same tasks. "
                                                 "After t tasks the average is over the t tasks seen (which differ "
                                                 "between orders)."], table=average_score_table(table),
                 figure="average_score"),
@@ -266,7 +344,7 @@ def build_report(paths: Iterable[str | Path]) -> tuple[str, list[Section], dict[
                                                  "smaller and better)."], figure="pareto"),
         Section("Task order sensitivity", ["Final average per task order, mean ± sd over the seeds run with "
                                            "that order; spread = max - min over the orders' means."],
-                table=order_summary(table), figure="order_sensitivity"),
+                table=order_summary(final_rows), figure="order_sensitivity"),
     ]
     evolving = evolving_configurations(table)
     if evolving:
@@ -274,7 +352,7 @@ def build_report(paths: Iterable[str | Path]) -> tuple[str, list[Section], dict[
             "R[t, i] is the score on the i-th arriving task after t arrivals, averaged over runs by arrival "
             "position. Backward transfer = mean over i < T of R[T, i] - R[i, i]; forgetting = mean over i < T "
             "of the best earlier score on task i minus its final score."],
-            table=transfer_summary(table, evolving), figure="accuracy_matrices"))
+            table=transfer_summary(final_rows, evolving), figure="accuracy_matrices"))
     else:
         sections.append(Section("Forgetting: accuracy matrices", [
             "No method here changes shared state across tasks (none is `evolving`): every earlier task is "
@@ -301,7 +379,7 @@ def build_report(paths: Iterable[str | Path]) -> tuple[str, list[Section], dict[
         sections.append(Section("Failed runs", text,
                                 code="\n\n".join(f"# {s['run_id']}\n{s.get('traceback', '')}".rstrip()
                                                  for s in failed.values())))
-    sections += _reproducibility(paths)
+    sections += _reproducibility(paths, base)
     return title, sections, figures
 
 
@@ -382,7 +460,7 @@ def write_study_report(paths: str | Path | Iterable[str | Path], out_dir: str | 
     """
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     out_dir = Path(out_dir)
-    title, sections, figures = build_report(paths)
+    title, sections, figures = build_report(paths, out_dir)
     written: dict[str, Path] = {}
     pngs: dict[str, bytes] = {}
     (out_dir / FIGURES_DIR).mkdir(parents=True, exist_ok=True)

@@ -16,11 +16,19 @@ Across runs (seeds and task orders are replicates of one configuration, a (metho
   accuracy matrix indexed by arrival position, and the continual-learning summaries of it;
 - :func:`order_table` — the final score of each configuration per task order (order sensitivity);
 - :func:`pareto_mask` — which (storage, score) points no other point beats on both.
+
+Chance and completeness, so a reader cannot mistake guessing or a half-finished run for a result:
+
+- :func:`chance_table` — each task's chance (majority-class) score and noise band, from schema-2 ledgers;
+  :func:`not_above_chance` — whether a score is within that band of chance (shown with :data:`CHANCE_MARK`);
+- :func:`progress` — arrivals each (run, method) finished out of its stream; :func:`common_steps` — the
+  table cut to the arrivals every method of a run finished, so averages never mix 2- and 3-task means.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -30,6 +38,12 @@ import pandas as pd
 from stream.core.ledger import read_ledger
 from stream.core.rundir import CONFIG_FILE, LEDGER_FILE, read_run_config
 
+CHANCE_COLUMNS = ("chance_score", "noise_band", "test_rows")
+#: Appended to a score that is not clearly above chance; :data:`CHANCE_LEGEND` says what it means.
+CHANCE_MARK = "~"
+CHANCE_LEGEND = (f"{CHANCE_MARK} after a score: within the noise band of chance, i.e. less than two standard errors "
+                 "of a guessing score above what always answering the task's majority class (regression: always "
+                 "the mean label) scores on its test set; such a score cannot be told apart from guessing.")
 STUDY_FILE = "study.json"  # the study record written by stream.engine.study (read here as plain JSON)
 DEFAULT_BUDGET = "default"
 # Columns describing a run (or a method within it) that load_ledger adds to every ledger row.
@@ -39,7 +53,7 @@ CONFIGURATION = ["method", "budget"]
 # Per-configuration constants carried through aggregation.
 _CARRIED = ["method_name", "setting", "sharing", "backbone_bytes", "backbone_params"]
 # Everything that describes a (run, method) beyond its key.
-_RUN_META = list(dict.fromkeys(["seed", *RUN_COLUMNS, *_CARRIED]))
+_RUN_META = list(dict.fromkeys(["seed", *RUN_COLUMNS, *_CARRIED, "stream_length"]))
 
 
 def is_study_dir(path: str | Path) -> bool:
@@ -114,6 +128,10 @@ def load_ledger(run_dirs: str | Path | Iterable[str | Path]) -> pd.DataFrame:
         frame["order_id"] = record["order_id"] if record else order
         frame["budget"] = budget
         frame["setting"] = frame["method"].map(settings).fillna("")
+        # The planned stream (nan when the config does not say): how a reader tells a run still going.
+        frame["stream_length"] = len(config["tasks"]) if config.get("tasks") else np.nan
+        for name in CHANCE_COLUMNS:  # schema 1 rows predate them: absent, never computed here
+            frame[name] = pd.to_numeric(frame[name], errors="coerce") if name in frame else np.nan
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -127,11 +145,34 @@ def _present(table: pd.DataFrame, columns: Iterable[str]) -> list[str]:
     return [c for c in columns if c in table.columns]
 
 
+def _mean_or_nan(values: pd.Series) -> float:
+    """The mean, or nan when any value is missing (an average of chance scores needs every task's)."""
+    return float(values.mean()) if values.notna().all() and len(values) else float("nan")
+
+
+def _band_of_mean(bands: pd.Series) -> float:
+    """The noise band of a mean over independent test sets: root of the summed squared bands over their
+    count; nan when any band is missing."""
+    if not len(bands) or bands.isna().any():
+        return float("nan")
+    return float(np.sqrt((bands.astype(float) ** 2).sum()) / len(bands))
+
+
+def _with_chance_columns(table: pd.DataFrame) -> pd.DataFrame:
+    missing = {name: np.nan for name in ("chance_score", "noise_band") if name not in table}
+    return table.assign(**missing) if missing else table
+
+
 def curves(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, method, step): ``tasks_seen``, ``average_score`` and the storage columns."""
+    """One row per (run, method, step): ``tasks_seen``, ``average_score``, ``chance_average`` and
+    ``chance_band`` (what a majority-class guesser averages on the same tasks, and that average's noise
+    band; nan on ledgers without chance scores) and the storage columns."""
     keys = ["run", "method", "step"]
+    table = _with_chance_columns(table)
     per_step = table.groupby(keys, sort=False).agg(average_score=("score", "mean"),
-                                                   tasks_seen=("eval_task", "count"))
+                                                   tasks_seen=("eval_task", "count"),
+                                                   chance_average=("chance_score", _mean_or_nan),
+                                                   chance_band=("noise_band", _band_of_mean))
     carried = _present(table, [c for c in dict.fromkeys(_STEP_COLUMNS + _RUN_META) if c not in keys])
     first = table.drop_duplicates(keys).set_index(keys)[carried]
     return per_step.join(first).reset_index()
@@ -154,7 +195,7 @@ def accuracy_matrix(table: pd.DataFrame, method: str, run: str | None = None) ->
 # Columns of final_table that are not task names.
 FINAL_COLUMNS = frozenset({"run", "method", "tasks", "average", "bytes_per_task", "total_bytes",
                            "new_params_per_task_pct", "total_params_multiplier", "bytes_vs_bound", "seed",
-                           *RUN_COLUMNS, *_CARRIED})
+                           "stream_length", "chance_average", "chance_band", *RUN_COLUMNS, *_CARRIED})
 
 
 def task_columns(final: pd.DataFrame) -> list[str]:
@@ -173,6 +214,9 @@ def final_table(table: pd.DataFrame) -> pd.DataFrame:
     scores = last.pivot_table(index=keys, columns="eval_task", values="score", aggfunc="first")
     out = out.join(scores.reindex(columns=tasks))
     out["average"] = last.groupby(keys, sort=False)["score"].mean()
+    chance = _with_chance_columns(last).groupby(keys, sort=False)
+    out["chance_average"] = chance["chance_score"].agg(_mean_or_nan)
+    out["chance_band"] = chance["noise_band"].agg(_band_of_mean)
     per_task = table.drop_duplicates([*keys, "step"]).groupby(keys, sort=False)
     out["bytes_per_task"] = per_task["artifact_bytes"].mean().astype(float)
     out["total_bytes"] = first["cumulative_bytes"].astype(int)
@@ -218,7 +262,7 @@ def final_stats(table: pd.DataFrame) -> pd.DataFrame:
     """Final scores per task, average, bytes and parameter columns over each configuration's runs."""
     final = final_table(table)
     values = [*task_columns(final), "average", "bytes_per_task", "total_bytes", "new_params_per_task_pct",
-              "total_params_multiplier"]
+              "total_params_multiplier", "chance_average", "chance_band"]
     return aggregate(final, values)
 
 
@@ -266,14 +310,18 @@ def forgetting(matrix: pd.DataFrame) -> float:
 
 
 def transfer_table(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, method): backward transfer, forgetting and final average (per-run points)."""
+    """One row per (run, method): backward transfer, forgetting and final average (per-run points), with
+    the chance average and band of the final step's tasks."""
     out = []
-    for (run, method), rows in table.groupby(["run", "method"], sort=False):
+    for (run, method), rows in _with_chance_columns(table).groupby(["run", "method"], sort=False):
         matrix = position_matrix(rows)
         first = rows.iloc[0]
+        last = rows[rows["step"] == rows["step"].max()]
         out.append({"run": run, "method": method, **{c: first[c] for c in _present(rows, _RUN_META)},
                     "backward_transfer": backward_transfer(matrix), "forgetting": forgetting(matrix),
-                    "final_average": float(np.nanmean(matrix.to_numpy(dtype=float)[-1]))})
+                    "final_average": float(np.nanmean(matrix.to_numpy(dtype=float)[-1])),
+                    "chance_average": _mean_or_nan(last["chance_score"]),
+                    "chance_band": _band_of_mean(last["noise_band"])})
     return pd.DataFrame(out)
 
 
@@ -311,8 +359,74 @@ def phase_seconds(table: pd.DataFrame) -> pd.DataFrame:
     return seconds.groupby("method", sort=False).sum()
 
 
+def chance_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per evaluated task (index, in order of first appearance): ``chance_score`` (what always answering the
+    majority training label scores; mean over runs) and ``noise_band`` (two standard errors of a guessing
+    score on the task's test rows). Both nan for a task any of whose rows lacks them (ledgers written
+    before schema 2): nothing is computed here, the ledger is the only source."""
+    tasks = list(dict.fromkeys(table["eval_task"]))
+    out = pd.DataFrame(index=pd.Index(tasks, name="task"))
+    for name in ("chance_score", "noise_band"):
+        values = table[name] if name in table else pd.Series(np.nan, index=table.index)
+        out[name] = values.groupby(table["eval_task"]).agg(_mean_or_nan).reindex(tasks)
+    return out
+
+
+def average_chance(chance: pd.DataFrame, tasks: Iterable[str]) -> tuple[float, float]:
+    """(chance score, noise band) of the average over ``tasks``: the mean of their chance scores, and the
+    band of a mean of independent test sets (root of the summed squared bands over the task count)."""
+    rows = chance.reindex(list(tasks))
+    return _mean_or_nan(rows["chance_score"]), _band_of_mean(rows["noise_band"])
+
+
+def not_above_chance(score: float, chance: float, band: float) -> bool:
+    """Whether ``score`` is less than ``band`` above ``chance`` (so it cannot be told from guessing);
+    False when any is unknown."""
+    values = [score, chance, band]
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+        return False
+    return float(score) < float(chance) + float(band)
+
+
+def format_score(score: float, chance: float = float("nan"), band: float = float("nan"),
+                 text: str | None = None) -> str:
+    """``score`` as ``"85.1"`` (or ``text`` when given), with :data:`CHANCE_MARK` when it is not above chance."""
+    if score is None or (isinstance(score, float) and math.isnan(score)):
+        return ""
+    shown = f"{score:.1f}" if text is None else text
+    return shown + (CHANCE_MARK if not_above_chance(score, chance, band) else "")
+
+
+def format_chance(chance: float, band: float) -> str:
+    """A chance cell: ``"52.7 (band 6.0)"``, or ``"n/a"`` when the ledger does not record it."""
+    if math.isnan(chance) or math.isnan(band):
+        return "n/a"
+    return f"{chance:.1f} (band {band:.1f})"
+
+
+def progress(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, method): ``done`` (arrivals with results) and ``planned`` (the stream's length;
+    nan when the run's config does not say), and ``finished`` (done >= planned, or planned unknown)."""
+    grouped = table.groupby(["run", "method"], sort=False)
+    out = grouped["step"].max().rename("done").to_frame()
+    planned = grouped["stream_length"].first() if "stream_length" in table else np.nan
+    out["planned"] = planned
+    out["finished"] = out["planned"].isna() | (out["done"] >= out["planned"])
+    return out.reset_index()
+
+
+def common_steps(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the arrivals that every method of its run finished: each run is cut to its least
+    advanced method's last step, so every method's final scores and bytes cover the same tasks."""
+    done = table.groupby(["run", "method"], sort=False)["step"].transform("max")
+    common = done.groupby(table["run"]).transform("min")
+    return table[table["step"] <= common]
+
+
 def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB'."""
+    """1536 -> '1.5 KiB'; a missing value (nan, None: a method that has not got that far) -> 'n/a'."""
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "n/a"
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(value) < 1024 or unit == "GiB":

@@ -19,6 +19,8 @@ BACKBONE_BYTES = 4 * BACKBONE_PARAMS
 TASKS = ("rte", "mrpc", "stsb")
 ORDERS = {"order0": ("rte", "mrpc", "stsb"), "order1": ("stsb", "rte", "mrpc")}
 FORGET_PER_STEP = 8.0
+# task -> (chance score, noise band, test rows) as schema-2 ledgers record them (stream/core/metrics.py).
+CHANCE = {"rte": (52.7, 6.0, 277), "mrpc": (68.4, 3.5, 408), "stsb": (0.0, 5.2, 1500)}
 HIDDEN, FFN, LAYERS, VOCAB = 384, 1536, 6, 30522
 
 # label -> (method name, options, sharing, bytes per task, new params per task, base score per task)
@@ -76,18 +78,15 @@ def _score(label: str, task: str, seed: int, order_id: str) -> float:
     return float(METHODS[label][5][task] + rng.normal(0.0, 1.5))
 
 
-def write_run(run_dir: Path, label: str, seed: int, order_id: str) -> None:
-    """One run directory (config.json, ledger.jsonl, sidecars) of ``label`` with a known ledger."""
+def method_rows(run_dir: Path, label: str, seed: int, order_id: str, steps: int | None = None,
+                chance: bool = False) -> list[dict]:
+    """The ledger rows of ``label`` in one run (its first ``steps`` arrivals; all by default), writing the
+    artifacts' sidecars under ``run_dir``; ``chance`` adds the schema-2 chance fields of :data:`CHANCE`."""
     name, options, sharing, size, new_params, _ = METHODS[label]
     order = ORDERS[order_id]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = {"tasks": list(order), "order_seed": None, "seed": seed, "backbone": "synthetic", "pooling": "mean",
-              "methods": [{"name": name, "label": label, "options": options}],
-              "budget": {"max_train_examples": 200, "epochs": 1}}
-    (run_dir / "config.json").write_text(json.dumps(config))
     diagonal = {task: _score(label, task, seed, order_id) for task in order}
     rows, sizes = [], []
-    for step, task in enumerate(order, 1):
+    for step, task in enumerate(order[:steps], 1):
         sizes.append(size + step)  # sidecar sizes differ a little between steps
         cumulative = {"standalone": sum(sizes), "shared_backbone": BACKBONE_BYTES + sum(sizes),
                       "evolving": sizes[-1]}[sharing]
@@ -103,26 +102,47 @@ def write_run(run_dir: Path, label: str, seed: int, order_id: str) -> None:
             score = diagonal[eval_task]
             if sharing == "evolving":
                 score -= FORGET_PER_STEP * (step - eval_step)
-            rows.append({"method": label, "method_name": name, "sharing": sharing, "seed": seed, "step": step,
-                         "task": task, "eval_task": eval_task, "eval_step": eval_step, "score": score,
-                         "metrics": {"validation": {"accuracy": score}}, "reused": False, "rows_in_step": step,
-                         "artifact_bytes": size + step, "cumulative_bytes": cumulative, "artifact_path": path,
-                         "artifact_sha256": hashlib.sha256(path.encode()).hexdigest(),
-                         "new_params": new_params, "new_params_fraction": new_params / BACKBONE_PARAMS,
-                         "total_params_multiplier": multiplier, "lower_bound_bytes": None,
-                         "backbone_bytes": BACKBONE_BYTES, "backbone_params": BACKBONE_PARAMS,
-                         "seconds": {"train": 1.0, "eval": 0.5, "wall": 1.6}})
+            row = {"method": label, "method_name": name, "sharing": sharing, "seed": seed, "step": step,
+                   "task": task, "eval_task": eval_task, "eval_step": eval_step, "score": score,
+                   "metrics": {"validation": {"accuracy": score}}, "reused": False, "rows_in_step": step,
+                   "artifact_bytes": size + step, "cumulative_bytes": cumulative, "artifact_path": path,
+                   "artifact_sha256": hashlib.sha256(path.encode()).hexdigest(),
+                   "new_params": new_params, "new_params_fraction": new_params / BACKBONE_PARAMS,
+                   "total_params_multiplier": multiplier, "lower_bound_bytes": None,
+                   "backbone_bytes": BACKBONE_BYTES, "backbone_params": BACKBONE_PARAMS,
+                   "seconds": {"train": 1.0, "eval": 0.5, "wall": 1.6}}
+            if chance:
+                row["schema_version"] = 2
+                row["chance_score"], row["noise_band"], row["test_rows"] = CHANCE[eval_task]
+            rows.append(row)
+    return rows
+
+
+def write_run(run_dir: Path, label: str | tuple[str, ...], seed: int, order_id: str,
+              steps: dict[str, int] | None = None, chance: bool = False) -> None:
+    """One run directory (config.json, ledger.jsonl, sidecars) of one method label or several, with a known
+    ledger; ``steps`` cuts a method short (label -> arrivals it finished: an unfinished run)."""
+    labels = (label,) if isinstance(label, str) else tuple(label)
+    order = ORDERS[order_id]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {"tasks": list(order), "order_seed": None, "seed": seed, "backbone": "synthetic", "pooling": "mean",
+              "methods": [{"name": METHODS[m][0], "label": m, "options": METHODS[m][1]} for m in labels],
+              "budget": {"max_train_examples": 200, "epochs": 1}}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    rows = [row for m in labels for row in method_rows(run_dir, m, seed, order_id, (steps or {}).get(m), chance)]
     (run_dir / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def write_study(root: Path, labels=tuple(METHODS), seeds=(0, 1), failed_run: bool = True) -> Path:
-    """A study directory of ``labels`` x ``seeds`` x both orders, plus (optionally) one failed run."""
+def write_study(root: Path, labels=tuple(METHODS), seeds=(0, 1), failed_run: bool = True,
+                chance: bool = False) -> Path:
+    """A study directory of ``labels`` x ``seeds`` x both orders, plus (optionally) one failed run;
+    ``chance`` writes schema-2 rows with chance scores."""
     runs = []
     for seed in seeds:
         for order_id, order in ORDERS.items():
             for label in labels:
                 run_id = f"{label}__seed{seed}__{order_id}"
-                write_run(root / "runs" / run_id, label, seed, order_id)
+                write_run(root / "runs" / run_id, label, seed, order_id, chance=chance)
                 runs.append({"run_id": run_id, "run_dir": f"runs/{run_id}", "method": label,
                              "method_name": METHODS[label][0], "options": METHODS[label][1], "seed": seed,
                              "order_id": order_id, "order": list(order), "budget": "default", "config": {}})

@@ -122,7 +122,7 @@ def test_scaling_figure_draws_lines_bounds_points_and_crossings(table):
     fits = storage_fits(table)
     fig = plot_storage_scaling(fits, curves(table), max_tasks=500, marks=(100,))
     ax = fig.axes[0]
-    labels = ax.get_legend().get_texts()
+    labels = fig.legends[0].get_texts()  # outside the axes, clear of the lines
     assert {t.get_text() for t in labels} >= set(METHODS) | {"lines cross", "measured"}
     assert ax.get_xscale() == ax.get_yscale() == "log"
     texts = [t.get_text() for t in ax.texts]

@@ -122,9 +122,10 @@ def _cmd_retrain(args) -> int:
 
 def _print_summary(run_dir: Path) -> None:
     from analysis.report import summary_table
-    from analysis.tables import load_ledger
+    from analysis.tables import CHANCE_LEGEND, load_ledger
 
     print(summary_table(load_ledger(run_dir)).to_string(index=False, float_format=lambda x: f"{x:.1f}"))
+    print(CHANCE_LEGEND)
 
 
 def _add_sweep_parser(sub) -> None:

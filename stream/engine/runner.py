@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from methods.core.backbone import Backbone, load_backbone, resolve_precision
-from methods.core.base import Method, build_method, get_method_class
+from methods.core.base import Method, get_method_class
 from methods.core.training import evaluate
 from stream.core.errors import ArtifactError, RunDirectoryError
 from stream.core.ledger import Ledger, Sharing, cumulative_bytes, params_multiplier
@@ -111,11 +111,11 @@ def _train_candidates(spec: MethodSpec, arrival, backbone: Backbone, previous, p
     Returns the winning method, its TrainedTask, and the selection record (None without a search).
     """
     cls = get_method_class(spec.name)
-    candidates = spec.candidates(arrival.task.name)
+    candidates = spec.candidate_configs(arrival.task.name)
     best = None
     tried = []
-    for options in candidates:
-        method = cls(cls.config_class.from_options(options), backbone)
+    for options, method_config in candidates:
+        method = cls(method_config, backbone)
         clock = time.perf_counter()
         trained = method.train(arrival, previous=previous, progress=progress)
         score = trained.fit.best_dev_score
@@ -267,7 +267,7 @@ def run_stream(config: RunConfig, run_dir: str | Path, *, progress: bool = True,
     ledger = Ledger(run_dir / LEDGER_FILE)
     _warn_if_numerics_changed(ledger, numerics)
     for spec in config.methods:
-        method = build_method(spec.name, spec.task_options(None), backbone)
+        method = spec.build(backbone)
         log = None
         if config.avalanche_loggers:
             from stream.engine.avalanche_log import run_log

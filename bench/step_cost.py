@@ -375,7 +375,7 @@ def markdown(results: list[dict], info: dict) -> str:
              f"methods (Avalanche strategies) are timed on a second arrival, continuing from a one-step "
              f"`{PRIMING_TASK}` arrival, so their penalties, teachers and replay buffers are active. The artifacts come from stages cut to a few steps with a 2-row dev split, so "
              "their sizes are real files but not trained ones (a sparse diff whose stage 1 kept its initial state "
-             "has clustered positions); trained artifacts are measured by bench/diff_pruning_sweep.py.", "",
+             "has clustered positions); trained artifacts are measured by the study bench/studies/diff_pruning_sweep.toml.", "",
              "| method | stage | trainable params | wall s | x | CPU s | x | peak MiB | x | above base MiB | x "
              "| eval ex/s | ex/CPU s | x | artifact bytes | / lower bound | train() s | outside steps s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

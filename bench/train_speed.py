@@ -18,7 +18,7 @@ steps (``--task-steps``, by default the budget study's choice when its results e
     python bench/train_speed.py --out bench/results/train_speed           # ~30-60 min on 2 cores
     python bench/train_speed.py --methods full --tasks sst2,rte --steps 3 # a quick look
 
-The accuracy effect of the levers is measured separately, on whole runs (bench/studies/levers.toml).
+The accuracy effect of the levers is measured separately, on whole runs (a study with and without them).
 """
 
 from __future__ import annotations

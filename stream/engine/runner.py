@@ -1,6 +1,6 @@
 """The arrival loop: for every method, for every arriving task, train, store, reload, evaluate, record.
 
-Honesty rule (DESIGN.md): scores come only from models rebuilt from the shared backbone plus the artifact
+Honesty rule (README, "What a run does"): scores come only from models rebuilt from the shared backbone plus the artifact
 file after it was written and read back; the in-memory model a method trained is dropped unseen.
 """
 

@@ -41,7 +41,7 @@ def _lookup(meta: dict[str, Any], dotted: str) -> Any:
 
 
 def variant_rows(table: pd.DataFrame, meta_fields: list[str]) -> pd.DataFrame:
-    """One row per (task, seed, method variant): the step where the task arrived, scored on itself."""
+    """One row per (task, seed, order, method variant): the step where the task arrived, scored on itself."""
     own = table[table["eval_task"] == table["task"]]
     records = []
     for _, row in own.iterrows():
@@ -49,7 +49,8 @@ def variant_rows(table: pd.DataFrame, meta_fields: list[str]) -> pd.DataFrame:
         steps = row["train_steps"]
         bound = row["lower_bound_bytes"]
         record = {
-            "task": row["task"], "seed": row["seed"], "method": row["method"], "test": row["score"],
+            "task": row["task"], "seed": row["seed"], "order": row["order_id"], "method": row["method"],
+            "test": row["score"],
             "dev": row["dev_score"], "best step / steps": f"{sidecar['fit']['best_step']} / {steps}",
             "train s / step": row["seconds"]["train"] / max(1, steps), "artifact bytes": row["artifact_bytes"],
             "tensor bytes by group": ", ".join(f"{k} {v:,}" for k, v in row["breakdown"].items()),
@@ -61,27 +62,32 @@ def variant_rows(table: pd.DataFrame, meta_fields: list[str]) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
-def _cell(value: Any) -> str:
+# Column -> format; other numbers: integers with thousands separators, fractions to 3 significant digits.
+_FORMATS = {"test": ".1f", "dev": ".1f", "train s / step": ".2f", "/ bound": ".3f", "new params %": ".3f"}
+
+
+def _cell(column: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return ""
+    if column in _FORMATS:
+        return format(value, _FORMATS[column])
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
-    if isinstance(value, int) or float(value).is_integer() and abs(value) >= 1000:
-        return f"{int(value):,}"
-    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return f"{value:,}" if isinstance(value, int) else f"{value:.3g}"
 
 
 def markdown(rows: pd.DataFrame, source: str) -> str:
-    """Markdown tables, one per (task, seed), in the order the variants appear in the study."""
+    """Markdown tables, one per (task, seed, order), in the order the variants appear in the study."""
     lines = [f"# Method variants of {source}", "",
              f"Made by `python -m bench.variant_table {' '.join(sys.argv[1:])}` from the study's files. Test: the "
              "task's GLUE metric x 100 on the model rebuilt from the artifact; dev: the kept state's dev score; "
              "bytes: the artifact's tensor file plus its sidecar; / bound: tensor bytes over the lower bound.", ""]
-    columns = [c for c in rows.columns if c not in ("task", "seed")]
-    for (task, seed), group in rows.groupby(["task", "seed"], sort=False):
-        lines += [f"## {task}, seed {seed}", "", "| " + " | ".join(columns) + " |",
-                  "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(_cell(v) for v in record) + " |"
+    columns = [c for c in rows.columns if c not in ("task", "seed", "order")]
+    several_orders = rows["order"].nunique() > 1
+    for (task, seed, order), group in rows.groupby(["task", "seed", "order"], sort=False):
+        title = f"## {task}, seed {seed}" + (f", order {order}" if several_orders else "")
+        lines += [title, "", "| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+        lines += ["| " + " | ".join(_cell(c, v) for c, v in zip(columns, record)) + " |"
                   for record in group[columns].itertuples(index=False)]
         lines.append("")
     return "\n".join(lines)
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".md").write_text(text, encoding="utf-8")
-        args.out.with_suffix(".json").write_text(rows.to_json(orient="records", indent=1) + "\n", encoding="utf-8")
+        args.out.with_suffix(".json").write_text(rows.to_json(orient="records", indent=1, double_precision=15) + "\n", encoding="utf-8")
     return 0
 
 

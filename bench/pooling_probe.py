@@ -33,7 +33,7 @@ configuration is reported, the numbers are for comparing settings, not for a lea
 
 Run (defaults, full finetuning off: roughly 15 min on 2 idle CPU cores -- features ~30 s, head-only grid ~2.5 min,
 last-layer grid 18 runs x ~15-50 s, pair-task features ~1 min each; several times longer on a shared machine):
-    python bench/pooling_probe.py --json /tmp/pooling.json
+    python -m bench.pooling_probe --json /tmp/pooling.json
 Sections can be run separately with --parts {head,last_layer,pair,full_ft}; full finetuning needs --full-ft-lrs,
 e.g. --parts full_ft --full-ft-lrs 2e-5 5e-5 1e-4 (~2 min per run on idle cores).
 """
@@ -47,7 +47,7 @@ import time
 import warnings
 from pathlib import Path
 
-from bench_setup import default_glue_dir  # first: offline HF defaults, this checkout on sys.path
+from bench.common import default_glue_dir  # first: offline Hugging Face defaults
 
 import numpy as np
 import torch

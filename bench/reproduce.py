@@ -1,7 +1,7 @@
 """The diff pruning paper's Table 1 comparison, reproduced on offline GLUE with the bundled MiniLM: one command.
 
-    python bench/reproduce.py                       # run (or resume) the study, then write the results
-    python bench/reproduce.py --tables-only         # only (re)write the results from the study directory
+    python -m bench.reproduce                       # run (or resume) the study, then write the results
+    python -m bench.reproduce --tables-only         # only (re)write the results from the study directory
 
 1. Runs ``taskstream sweep bench/studies/reproduction.toml --study-dir runs/reproduction --data-dir
    ../shared/glue --workers 2 --threads 1`` in a subprocess (sweeps resume: a re-launch skips finished runs
@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_setup import REPO, default_glue_dir  # first: offline HF defaults, this checkout on sys.path
+from bench.common import REPO, default_glue_dir  # first: offline Hugging Face defaults
 
 import pandas as pd  # noqa: E402
 
@@ -184,7 +184,7 @@ def write_tables(out: Path, sweep: dict | None) -> dict:
         _markdown_table(shown), "",
         f"Ranking by average: {ranking(records)}", "",
         "## Command, versions and time", "",
-        "    python bench/reproduce.py", "",
+        "    python -m bench.reproduce", "",
         "which runs `" + " ".join(["taskstream sweep", "bench/studies/reproduction.toml", "--study-dir",
                                    "runs/reproduction", "--data-dir ../shared/glue", "--workers", "2",
                                    "--threads", "1"]) + "` and writes this directory (`--tables-only` redraws "

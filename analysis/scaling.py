@@ -1,6 +1,6 @@
 """Storage as the number of tasks grows: a line fitted to the measured files, extrapolated.
 
-Every method's cumulative storage is a line in the number of tasks t (DESIGN.md, "the honesty rule"):
+Every method's cumulative storage is a line in the number of tasks t (README, "What a run does": storage is bytes on disk):
 
     S(t) = shared + t * per_task
 

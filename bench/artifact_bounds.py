@@ -14,7 +14,7 @@ The ratio the target speaks of is artifact bytes (both files) over the ledger's 
 precision. For masking, the trained masks are also re-packed in the other coding (bit-packed vs
 entropy-coded minority positions) so both formats are measured on the same masks.
 
-    python bench/artifact_bounds.py runs/reproduction --out bench/results/artifact_bounds
+    python -m bench.artifact_bounds runs/reproduction --out bench/results/artifact_bounds
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from bench_setup import write_results  # first: offline Hugging Face defaults, this checkout on sys.path
+from bench.common import write_results  # first: offline Hugging Face defaults
 
 from methods.core.codecs import (VALUE_DTYPES, pack_masks, positions_lower_bound_bits,  # noqa: E402
                             unpack_masks)

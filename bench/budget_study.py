@@ -11,7 +11,7 @@ task in each run) and writes ``bench/results/budget_study.{md,json,png}``:
   The largest budget cannot be chosen (nothing to compare it with).
 
     taskstream sweep bench/studies/budget.toml --data-dir ../shared/glue --workers 2 --threads 1
-    python bench/budget_study.py runs/budget
+    python -m bench.budget_study runs/budget
 
 A budget whose dev score is within the tolerance of its double's is a plateau on this seed's curve; with
 dev splits of 250-500 rows one point is about one standard error, so a choice is a reading of one curve,

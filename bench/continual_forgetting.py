@@ -11,7 +11,7 @@ artifact's bytes broken down (encoder, heads, ewc, replay) and the cumulative st
 same numbers are written as JSON.
 
 Run (about 20 minutes on one CPU thread with the defaults):
-    python bench/continual_forgetting.py --run-dir /tmp/continual-bench \\
+    python -m bench.continual_forgetting --run-dir /tmp/continual-bench \\
         --json bench/results/continual_forgetting.json
 The run directory holds full-model artifacts (hundreds of MB): keep it out of the repository.
 """
@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_setup import default_glue_dir  # first: offline HF defaults, this checkout on sys.path
+from bench.common import default_glue_dir  # first: offline Hugging Face defaults
 
 
 def _matrix_summary(matrix) -> dict:

@@ -20,7 +20,7 @@ taskstream from its ``after_step`` hook, Avalanche from a plugin's ``before_trai
 all epochs and on epochs after the first. Also reported: the whole call (``fit`` / ``strategy.train``),
 which adds per-task set-up (Avalanche: model adaptation, optimizer reset, data loader construction).
 
-    python bench/loop_overhead.py --task sst2 --examples 512 --epochs 2 --rounds 3 \\
+    python -m bench.loop_overhead --task sst2 --examples 512 --epochs 2 --rounds 3 \\
         --out bench/results/loop_overhead
 """
 
@@ -34,7 +34,7 @@ import time
 import warnings
 from pathlib import Path
 
-from bench_setup import default_glue_dir, write_results  # first: offline HF defaults, this checkout on sys.path
+from bench.common import default_glue_dir, write_results  # first: offline Hugging Face defaults
 
 import torch  # noqa: E402
 

@@ -1,7 +1,7 @@
 """The diff pruning paper's Table 1 comparison, reproduced on offline GLUE with the bundled MiniLM: one command.
 
-    python bench/reproduce.py                       # run (or resume) the study, then write the results
-    python bench/reproduce.py --tables-only         # only (re)write the results from the study directory
+    python -m bench.reproduce                       # run (or resume) the study, then write the results
+    python -m bench.reproduce --tables-only         # only (re)write the results from the study directory
 
 1. Runs ``taskstream sweep bench/studies/reproduction.toml --study-dir runs/reproduction --data-dir
    ../shared/glue --workers 2 --threads 1`` in a subprocess (sweeps resume: a re-launch skips finished runs
@@ -13,7 +13,7 @@
 3. Writes ``table1.md`` / ``table1.json``: the paper's Table 1 shape (score per task, average, new
    parameters per task in %, the total-parameter multiplier for the five tasks) plus true bytes per task and
    cumulative bytes, each mean ± sample sd over the seeds, beside the paper's numbers (BERT-large, GLUE test
-   server, from DESIGN.md), and the wall time each method's runs took.
+   server, Guo, Rush & Kim 2021, Table 1), and the wall time each method's runs took.
 
 Everything in step 3 is computed from the copied files alone, so ``--tables-only`` redraws it at any time.
 """
@@ -29,14 +29,14 @@ import sys
 import time
 from pathlib import Path
 
-from bench_setup import REPO, default_glue_dir  # first: offline HF defaults, this checkout on sys.path
+from bench.common import REPO, default_glue_dir  # first: offline Hugging Face defaults
 
 import pandas as pd  # noqa: E402
 
 from analysis.study_report import pm, summary_stats_table, write_study_report  # noqa: E402
 from analysis.tables import final_stats, final_table, load_ledger, read_study  # noqa: E402
 
-# The paper's Table 1 (Guo, Rush & Kim 2021; BERT-large, GLUE test server, nine tasks), as DESIGN.md quotes it:
+# The paper's Table 1 (Guo, Rush & Kim 2021; BERT-large, GLUE test server, nine tasks):
 # average score and new parameters per task (%). None: not in that table (BitFit reports GLUE dev 84.2 vs
 # diff pruning 84.6 vs full finetuning 84.8 in its own paper; LoRA, masking and the linear probe are not in it).
 PAPER = {
@@ -184,7 +184,7 @@ def write_tables(out: Path, sweep: dict | None) -> dict:
         _markdown_table(shown), "",
         f"Ranking by average: {ranking(records)}", "",
         "## Command, versions and time", "",
-        "    python bench/reproduce.py", "",
+        "    python -m bench.reproduce", "",
         "which runs `" + " ".join(["taskstream sweep", "bench/studies/reproduction.toml", "--study-dir",
                                    "runs/reproduction", "--data-dir ../shared/glue", "--workers", "2",
                                    "--threads", "1"]) + "` and writes this directory (`--tables-only` redraws "

@@ -15,7 +15,7 @@ config (or the flags given after ``--``), and times, wall and CPU:
 scoring of the rebuilt models on the test splits; the share outside both is the overhead this benchmark
 reports (target: under 5%).
 
-    python bench/run_overhead.py --out bench/results/run_overhead -- \\
+    python -m bench.run_overhead --out bench/results/run_overhead -- \\
         --data-dir ../shared/glue --run-dir /tmp/taskstream-default-run --no-progress
 """
 
@@ -42,8 +42,8 @@ import functools  # noqa: E402
 import json  # noqa: E402
 from collections import defaultdict  # noqa: E402
 
-# Before anything imports a Hugging Face library: offline defaults, this checkout on sys.path.
-from bench_setup import write_results  # noqa: E402
+# Before anything imports a Hugging Face library: offline defaults.
+from bench.common import write_results  # noqa: E402
 
 TIMES: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])  # name -> [wall, cpu, calls]
 

@@ -42,9 +42,9 @@ Machine load matters: ratios come from one run, and each method's steps run back
 
 Run (real model, about 10-20 minutes on 2 shared cores):
 
-    python bench/step_cost.py --methods full,diff_pruning --batch-size 32 --seq-len 128 \\
+    python -m bench.step_cost --methods full,diff_pruning --batch-size 32 --seq-len 128 \\
         --steps 10 --out bench/results/step_cost
-    python bench/step_cost.py --tiny --steps 5            # a tiny random BERT, seconds
+    python -m bench.step_cost --tiny --steps 5            # a tiny random BERT, seconds
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_setup import REPO, default_glue_dir, write_results  # first: offline HF defaults, checkout on sys.path
+from bench.common import REPO, default_glue_dir, write_results  # first: offline Hugging Face defaults
 
 import torch  # noqa: E402
 
@@ -375,7 +375,7 @@ def markdown(results: list[dict], info: dict) -> str:
              f"methods (Avalanche strategies) are timed on a second arrival, continuing from a one-step "
              f"`{PRIMING_TASK}` arrival, so their penalties, teachers and replay buffers are active. The artifacts come from stages cut to a few steps with a 2-row dev split, so "
              "their sizes are real files but not trained ones (a sparse diff whose stage 1 kept its initial state "
-             "has clustered positions); trained artifacts are measured by bench/diff_pruning_sweep.py.", "",
+             "has clustered positions); trained artifacts are measured by the study bench/studies/diff_pruning_sweep.toml.", "",
              "| method | stage | trainable params | wall s | x | CPU s | x | peak MiB | x | above base MiB | x "
              "| eval ex/s | ex/CPU s | x | artifact bytes | / lower bound | train() s | outside steps s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -13,7 +13,7 @@ Reports the median (and 10th/90th percentiles) per method and each baseline's me
 The run directory is made first when it does not exist, with tiny budgets (training quality does not
 matter for latency):
 
-    python bench/switch_latency.py --data-dir /work/shared/glue --run-dir /tmp/taskstream-switch-latency \\
+    python -m bench.switch_latency --data-dir /work/shared/glue --run-dir /tmp/taskstream-switch-latency \\
         --out bench/results/switch_latency
 
 Correctness is checked on the way: every method's logits, for every task, must equal bit for bit those of the
@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_setup import write_results  # first: offline HF defaults, this checkout on sys.path
+from bench.common import write_results  # first: offline Hugging Face defaults
 
 DEFAULT_METHODS = "full,last_layer,linear_probe,adapters,bitfit,lora,masking,diff_pruning"
 

@@ -15,8 +15,8 @@ the mean over its stages' timed steps (diff pruning: its L0 and fixed-mask stage
 CPU time of a reproduction run, before vs after, weights each task's per-step CPU time by that task's
 steps (``--task-steps``, by default the budget study's choice when its results exist, else equal).
 
-    python bench/train_speed.py --out bench/results/train_speed           # ~30-60 min on 2 cores
-    python bench/train_speed.py --methods full --tasks sst2,rte --steps 3 # a quick look
+    python -m bench.train_speed --out bench/results/train_speed           # ~30-60 min on 2 cores
+    python -m bench.train_speed --methods full --tasks sst2,rte --steps 3 # a quick look
 
 The accuracy effect of the levers is measured separately, on whole runs (bench/studies/levers_*.toml).
 """

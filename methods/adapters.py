@@ -53,9 +53,9 @@ class AdaptersConfig(MethodConfig):
 
     Attributes:
         bottleneck: adapter size m (the paper's sizes are 8, 64 and 256). 64 is the default: on
-            all-MiniLM-L6-v2 (d = 384) it adds 2.6% parameters per task (2.43 MB), near the paper's
-            3.6% average; 8 lost 8 points on SST-2 at the small budget, 256 gained noise for 3.9x
-            the bytes (bench/results/adapters_lora_lr.md).
+            all-MiniLM-L6-v2 (d = 384) it adds 2.6% parameters per task, near the paper's 3.6% average;
+            on SST-2 at the small budget 8 scored clearly lower and 256 no better within noise for
+            several times the bytes (bench/results/adapters_lora_lr.md).
         init_std: standard deviation of W_down's normal initialisation (W_up starts at zero).
         train_layer_norms: train (and store per task) every LayerNorm of the encoder, as Houlsby did.
         learning_rate: the top of Houlsby's 1e-4..1e-3 range; the lower rates barely moved the

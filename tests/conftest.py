@@ -6,11 +6,15 @@ The Hub is never reached from tests: the offline switches are set before anythin
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
 import os
 import random
 from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -25,6 +29,23 @@ SHARED_GLUE = REPO.parent / "shared" / "glue"
 WORDS = ["good", "bad", "great", "awful", "movie", "film", "plot", "actor", "the", "a", "is", "was", "very",
          "not", "story", "scene", "music", "fun", "dull", "long", "short", "cat", "dog", "runs", "sits"]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def run_cli(*args, env: dict | None = None) -> SimpleNamespace:
+    """``taskstream ARGS`` run in this process (``stream.engine.cli.main``), with what a subprocess would give:
+    ``returncode``, ``stdout`` and ``stderr``. ``$TASKSTREAM_DATA_DIR`` is unset unless ``env`` sets it."""
+    from stream.engine.cli import main
+
+    environ = {k: v for k, v in os.environ.items() if k != "TASKSTREAM_DATA_DIR"}
+    environ.update(env or {})
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.dict(os.environ, environ, clear=True), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse: --help exits 0, a usage error 2
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def tiny_vocab() -> dict[str, int]:

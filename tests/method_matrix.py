@@ -13,6 +13,8 @@ MATRIX = [
     ("adapters", {"bottleneck": 64, "train_layer_norms": False}),
     ("lora", {}),
     ("lora", {"rank": 4, "target_modules": "query+key+value+attention.output.dense"}),
+    ("ia3", {}),
+    ("ia3", {"target_modules": "query+intermediate.dense", "feedforward_modules": "intermediate.dense"}),
     ("masking", {}),
     ("masking", {"entropy_coded": False}),
     ("masking", {"train_head": False}),

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -33,7 +31,7 @@ from stream.engine import avalanche_log  # noqa: E402
 from stream.engine.avalanche_bridge import glue_score_metrics, to_avalanche  # noqa: E402
 from stream.engine.config import MethodSpec, RunConfig, resolve_tasks  # noqa: E402
 from stream.engine.runner import run_stream  # noqa: E402
-from tests.conftest import REPO  # noqa: E402
+from tests.conftest import run_cli  # noqa: E402
 
 BUDGET = Budget(max_train_examples=32, epochs=1, batch_size=16, max_eval_examples=24, max_dev_examples=16)
 TASKS = ("sst2", "rte", "stsb")
@@ -156,6 +154,5 @@ def test_avalanche_loggers_option_is_validated_and_parsed():
     with pytest.raises(ConfigError, match="RunConfig.avalanche_loggers must be one of .*'tb'"):
         RunConfig(avalanche_loggers=("csv", "tb"))
     assert RunConfig.from_dict({"avalanche_loggers": "csv,tensorboard"}).avalanche_loggers == ("csv", "tensorboard")
-    out = subprocess.run([sys.executable, "-m", "stream.engine.cli", "run", "--help"], cwd=REPO, capture_output=True,
-                         text=True, env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}, check=True)
-    assert "--avalanche-loggers" in out.stdout
+    out = run_cli("run", "--help")
+    assert out.returncode == 0 and "--avalanche-loggers" in out.stdout

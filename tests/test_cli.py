@@ -1,27 +1,15 @@
-"""The command line through a subprocess: a small run with plot and report, and clear errors."""
+"""The command line, run in-process (``stream.engine.cli.main``): a small run with plot and report, and clear errors."""
 
 from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def taskstream(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                "OMP_NUM_THREADS": "1"}
-    full_env.pop("TASKSTREAM_DATA_DIR", None)
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "stream.engine.cli", *map(str, args)], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+from tests.conftest import run_cli
 
 
 def _small_run_args(model: Path, data: Path, run_dir: Path) -> list:
@@ -32,7 +20,7 @@ def _small_run_args(model: Path, data: Path, run_dir: Path) -> list:
 
 def test_run_plot_and_report(tiny_model_dir, glue_dir, tmp_path):
     run_dir = tmp_path / "run"
-    result = taskstream(*_small_run_args(tiny_model_dir, glue_dir, run_dir))
+    result = run_cli(*_small_run_args(tiny_model_dir, glue_dir, run_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "linear_probe" in result.stdout and "last_layer-k1" in result.stdout
     rows = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
@@ -42,9 +30,9 @@ def test_run_plot_and_report(tiny_model_dir, glue_dir, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     report = (run_dir / "report.md").read_text()
     assert "## Final scores and storage" in report and "figures/storage.png" in report
-    plotted = taskstream("plot", run_dir)
+    plotted = run_cli("plot", run_dir)
     assert plotted.returncode == 0 and "storage.png" in plotted.stdout
-    reported = taskstream("report", run_dir)
+    reported = run_cli("report", run_dir)
     assert reported.returncode == 0 and reported.stdout.strip().endswith("report.md")
 
 
@@ -87,7 +75,7 @@ def test_bad_input_gives_a_clear_error(case, tiny_model_dir, glue_dir, tmp_path)
         i = args.index("--data-dir")
         del args[i:i + 2]
         expected = ["--data-dir", "TASKSTREAM_DATA_DIR"]
-    result = taskstream(*args)
+    result = run_cli(*args)
     assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-2000:])
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("taskstream: error:")

@@ -27,6 +27,20 @@ def test_bad_method_specs_are_explained(text, message):
     assert message in str(info.value)
 
 
+def test_a_method_spec_builds_its_configs_once_and_hands_them_over_whole(tiny_backbone):
+    spec = MethodSpec.from_value({"name": "lora", "rank": 4, "search": {"learning_rate": [1e-3, 3e-3]},
+                                  "per_task": {"rte": {"rank": 2}}})
+    sst2 = spec.candidate_configs("sst2")
+    assert [(options["learning_rate"], config.learning_rate, config.rank) for options, config in sst2] == [
+        (1e-3, 1e-3, 4), (3e-3, 3e-3, 4)]
+    assert [config.rank for _, config in spec.candidate_configs("rte")] == [2, 2]
+    assert spec.candidate_configs("sst2") is sst2  # built once, at construction, not per call
+    assert spec.config().rank == 4 and spec.config("rte").rank == 2
+    method = spec.build(tiny_backbone, "rte")
+    assert method.config is spec.config("rte")
+    assert MethodSpec.parse("lora:rank=4") == MethodSpec(name="lora", options=(("rank", 4),))
+
+
 def test_run_config_validation():
     with pytest.raises(ConfigError, match="Unknown task 'rtee'.*Did you mean 'rte'"):
         RunConfig(tasks=("rtee",))

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import SHARED_GLUE
-from tests.test_cli import taskstream
+from tests.conftest import SHARED_GLUE, run_cli
 
 pytestmark = [
     pytest.mark.integration,
@@ -18,10 +17,9 @@ pytestmark = [
 
 def test_real_backbone_two_tasks_run_plot_report(tmp_path):
     run_dir = tmp_path / "run"
-    result = taskstream("run", "--data-dir", SHARED_GLUE, "--tasks", "rte,sst2", "--methods", "full,last_layer",
-                        "--max-train-examples", 48, "--epochs", 1, "--batch-size", 16, "--max-seq-length", 64,
-                        "--max-eval-examples", 64, "--device", "cpu", "--run-dir", run_dir, "--no-progress",
-                        env={"OMP_NUM_THREADS": "2"}, timeout=600)
+    result = run_cli("run", "--data-dir", SHARED_GLUE, "--tasks", "rte,sst2", "--methods", "full,last_layer",
+                     "--max-train-examples", 48, "--epochs", 1, "--batch-size", 16, "--max-seq-length", 64,
+                     "--max-eval-examples", 64, "--device", "cpu", "--run-dir", run_dir, "--no-progress")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
     assert len(rows) == 6

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from methods.core.base import build_method
-from methods.lora import LoraConfig, inject_lora, linear_layer_names, peft_settings, resolve_targets
+from methods.core.peft_tuner import linear_layer_names, resolve_targets
+from methods.lora import LoraConfig, LoraMethod
 from stream.core.errors import ArtifactError, ConfigError
 from stream.core.scenario import ArrivalBuilder, Budget
 from stream.core.store import ArtifactKey, ArtifactStore
@@ -83,11 +84,11 @@ def test_artifact_holds_only_lora_a_b_and_head(tiny_backbone, arrivals):
         assert lora[f"lora.{module}.lora_B.weight"].shape == (32, 4)  # (d_out, rank)
     assert len(lora) == 2 * len(modules)
     assert trained.payload.new_params == 4 * (2 * 4 * 32) + 2 * 32 + 2
-    assert trained.payload.meta["peft"] == peft_settings(method.config)
+    assert trained.payload.meta["peft"] == LoraMethod.peft_settings(method.config)
 
 
 def test_fresh_lora_is_exactly_the_backbone_and_only_lora_trains(tiny_backbone, arrivals):
-    encoder = inject_lora(tiny_backbone.fresh_encoder(), peft_settings(LoraConfig()), seed=1).eval()
+    encoder = LoraMethod.inject(tiny_backbone.fresh_encoder(), LoraMethod.peft_settings(LoraConfig()), seed=1).eval()
     batch = next(iter(arrivals[0].tests["validation"].batches(8)))
     tokens = {k: v for k, v in batch.items() if k != "labels"}
     with torch.inference_mode():
@@ -174,5 +175,5 @@ def test_minilm_rank_8_on_query_value_adds_73728_parameters():
     backbone = load_backbone(device="cpu")
     method = build_method("lora", {}, backbone)
     assert len(method.targets) == 12  # 6 blocks x (query, value)
-    encoder = inject_lora(backbone.fresh_encoder(), peft_settings(method.config))
+    encoder = LoraMethod.inject(backbone.fresh_encoder(), LoraMethod.peft_settings(method.config))
     assert sum(p.numel() for p in encoder.parameters() if p.requires_grad) == 12 * 2 * 8 * 384

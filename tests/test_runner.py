@@ -58,9 +58,7 @@ def test_ledger_has_one_row_per_method_step_and_seen_task(tiny_model_dir, glue_d
 
 
 _CHILD = """
-import sys
 from pathlib import Path
-sys.path.insert(0, {repo!r})
 from stream.engine.config import MethodSpec, RunConfig
 from stream.engine.runner import run_stream
 from stream.core.scenario import Budget
@@ -74,9 +72,9 @@ run_stream(config, Path({run!r}), progress=False)
 def test_a_run_killed_with_sigkill_resumes_to_the_same_ledger(tiny_model_dir, glue_dir, tmp_path):
     budget = Budget(max_train_examples=48, epochs=3, batch_size=8, max_eval_examples=24, max_dev_examples=16)
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    script = _CHILD.format(repo=str(REPO), model=str(tiny_model_dir), data=str(glue_dir), run=str(killed),
+    script = _CHILD.format(model=str(tiny_model_dir), data=str(glue_dir), run=str(killed),
                            budget=dataclasses.asdict(budget))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}  # this checkout, whatever is installed
     child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
     ledger = killed / "ledger.jsonl"
     deadline = time.time() + 120

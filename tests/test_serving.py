@@ -7,11 +7,8 @@ classification, regression); a TaskBank then switches among all (method, task) p
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,9 +24,9 @@ from stream.core.tasks import get_task
 from stream.engine.config import MethodSpec, RunConfig
 from stream.engine.runner import run_stream
 from stream.engine.serving import TaskBank, read_examples
+from tests.conftest import run_cli
 from tests.method_matrix import MATRIX
 
-REPO = Path(__file__).resolve().parents[1]
 TASKS = ("sst2", "rte", "stsb")
 BUDGET = Budget(max_train_examples=16, epochs=1, batch_size=16, max_eval_examples=8, max_dev_examples=8)
 SPECS = tuple(MethodSpec(name=name, options=tuple(options.items())) for name, options in MATRIX)
@@ -180,11 +177,8 @@ def test_read_examples_from_text_and_csv(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-def taskstream(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "stream.engine.cli", "predict", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+def taskstream(*args):
+    return run_cli("predict", *args)
 
 
 def test_cli_predicts_label_names_and_regression_values(run_dir, tmp_path):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -21,9 +19,9 @@ from analysis.study_report import study_figures, write_study_report
 from analysis.tables import (backward_transfer, curve_stats, curves, final_stats, final_table, forgetting,
                              load_ledger, order_table, pareto_mask, position_matrix, task_score_stats,
                              transfer_table)
+from tests.conftest import run_cli
 from tests.synthetic_ledgers import BACKBONE_BYTES, FORGET_PER_STEP, METHODS, TASKS, write_study
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -194,9 +192,7 @@ def test_cli_report_detects_studies_and_runs_and_compares(tmp_path, capsys):
     from stream.engine.cli import main
 
     small = write_study(tmp_path / "small", labels=("full", "sequential"), seeds=(0,), failed_run=False)
-    done = subprocess.run([sys.executable, "-m", "stream.engine.cli", "report", str(small)], cwd=REPO,
-                          env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"},
-                          capture_output=True, text=True, timeout=300)
+    done = run_cli("report", small)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(small / "report.md"), str(small / "report.html")]
     run_dir = small / "runs" / "full__seed0__order0"

@@ -43,6 +43,7 @@ BUILTIN_METHODS = {
     "adapters": "adapters",
     "bitfit": "bitfit",
     "lora": "lora",
+    "ia3": "ia3",
     "masking": "masking",
     "diff_pruning": "diff_pruning",
     "diff_pruning_unstructured": "diff_pruning",

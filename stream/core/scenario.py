@@ -1,6 +1,6 @@
 """Scenario: the order tasks arrive in, each task's budget, and the data each arrival brings.
 
-Protocol (DESIGN.md): a seeded dev split is carved out of ``train`` for model selection; GLUE
+Protocol (README, "What a run does"): a seeded dev split is carved out of ``train`` for model selection; GLUE
 ``validation`` splits are the test sets. The same rows go to every method of a run (the split depends on
 the run seed and the task only), so methods are compared on identical data.
 """
@@ -40,7 +40,7 @@ class Budget:
     points per stage let a lucky early state or an unlucky last one decide. Test sets are whole GLUE
     validation splits unless ``max_eval_examples`` caps them (a fixed random subset, the same for every
     seed). ``group_by_length`` draws each batch from rows of similar length (shuffled in chunks, batch
-    order shuffled too), which cuts the padding of pair tasks (bench/results/train_speed.md).
+    order shuffled too), which cuts the padding of pair tasks (``bench/train_speed.py`` measures it).
     """
 
     max_train_examples: int | None = 1000

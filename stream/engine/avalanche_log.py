@@ -37,7 +37,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
 from methods.core.backbone import Backbone, load_backbone
-from methods.core.base import Method, build_method
+from methods.core.base import Method
 from methods.core.multitask import MultiTaskCriterion, route_rows, tag_rows
 from methods.core.task_model import TaskModel
 from stream.core.ledger import Ledger, Sharing
@@ -266,7 +266,7 @@ def evaluate_run(run_dir: str | Path, label: str, *, metrics: Sequence[PluginMet
     builder.use_tokenizer(backbone.tokenizer, backbone.identity)
     order = resolve_order(config.tasks, config.order_seed)
     ledger = Ledger(run_dir / LEDGER_FILE)
-    method = build_method(spec.name, dict(spec.options), backbone)
+    method = spec.build(backbone)
     log = AvalancheRunLog(stream_from_builder(builder, order, backbone), method, ArtifactStore(run_dir / ARTIFACTS_DIR),
                           label, ledger, metrics=metrics, loggers=loggers,
                           eval_batch_size=config.budget.eval_batch_size)

@@ -13,12 +13,13 @@ import json
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from methods.core.backbone import DEFAULT_BACKBONE, POOLINGS
-from methods.core.base import get_method_class
+from methods.core.backbone import DEFAULT_BACKBONE, POOLINGS, Backbone
+from methods.core.base import Method, get_method_class
+from methods.core.config import MethodConfig
 from stream.core.errors import ConfigError
 from stream.core.scenario import Budget
 from stream.core.sources import CustomFileSource, RoutedSource, resolve_source
@@ -71,6 +72,10 @@ class MethodSpec:
     The label names the method's artifacts folder and its ledger rows; it defaults to the name plus
     its options (``last_layer-k2``), so two variants of a method can run side by side.
 
+    The method's config objects (one per task with its own options, one per search candidate) are built and
+    validated once, here, and handed whole to the method (:meth:`build`, :meth:`candidate_configs`): nothing
+    downstream rebuilds a config from option pairs.
+
     Attributes:
         options: option -> value, for every task.
         per_task: task -> options overriding ``options`` on that task only (for example learning rates
@@ -86,6 +91,10 @@ class MethodSpec:
     label: str | None = None
     per_task: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     search: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    # task (None: every task without per_task options) -> its config at the fixed options, and every search
+    # candidate's (options, config); built in __post_init__, not compared (the fields above decide equality)
+    _configs: dict[str | None, tuple[MethodConfig, tuple[tuple[dict[str, Any], MethodConfig], ...]]] = field(
+        init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         cls = get_method_class(self.name)
@@ -99,11 +108,12 @@ class MethodSpec:
             if key in dict(self.options):
                 raise ConfigError(f"Method {self.name!r}: option {key!r} is both fixed ({dict(self.options)[key]!r}) "
                                   f"and searched ({list(values)!r}); give it one way.")
-        for task, _ in self.per_task:
-            for candidate in self.candidates(task):
-                cls.config_class.from_options(candidate)
-        for candidate in self.candidates(None):
-            cls.config_class.from_options(candidate)
+        configs = {}
+        for task in (None, *(t for t, _ in self.per_task)):
+            configs[task] = (cls.config_class.from_options(self.task_options(task)),
+                             tuple((options, cls.config_class.from_options(options))
+                                   for options in self.candidates(task)))
+        object.__setattr__(self, "_configs", configs)
         if self.label is not None and (not isinstance(self.label, str) or not self.label
                                        or any(c in self.label for c in "/\\ :,")):
             raise ConfigError(f"method label must be non-empty without '/', '\\\\', ':', ',' or spaces; "
@@ -112,6 +122,19 @@ class MethodSpec:
     def task_options(self, task: str | None) -> dict[str, Any]:
         """The fixed options on ``task``: ``options`` with that task's ``per_task`` overrides."""
         return {**dict(self.options), **dict(dict(self.per_task).get(task, ()))}
+
+    def config(self, task: str | None = None) -> MethodConfig:
+        """The method's config on ``task`` (None: any task without per-task options) at the fixed options,
+        searched options at their defaults; built once, at construction."""
+        return self._configs[task if task in self._configs else None][0]
+
+    def candidate_configs(self, task: str | None) -> tuple[tuple[dict[str, Any], MethodConfig], ...]:
+        """Every config tried on ``task``, with the options it was built from (see :meth:`candidates`)."""
+        return self._configs[task if task in self._configs else None][1]
+
+    def build(self, backbone: Backbone, task: str | None = None) -> Method:
+        """The method on ``backbone`` with :meth:`config` (``task``'s), passed whole."""
+        return get_method_class(self.name)(self.config(task), backbone)
 
     def candidates(self, task: str | None) -> list[dict[str, Any]]:
         """Every option set tried on ``task``: the fixed options times each combination of ``search``."""

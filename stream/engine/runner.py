@@ -1,6 +1,6 @@
 """The arrival loop: for every method, for every arriving task, train, store, reload, evaluate, record.
 
-Honesty rule (DESIGN.md): scores come only from models rebuilt from the shared backbone plus the artifact
+Honesty rule (README, "What a run does"): scores come only from models rebuilt from the shared backbone plus the artifact
 file after it was written and read back; the in-memory model a method trained is dropped unseen.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from methods.core.backbone import Backbone, load_backbone, resolve_precision
-from methods.core.base import Method, build_method, get_method_class
+from methods.core.base import Method, get_method_class
 from methods.core.training import evaluate
 from stream.core.errors import ArtifactError, ConfigError, RunDirectoryError
 from stream.core.ledger import Ledger, Sharing, cumulative_bytes, params_multiplier
@@ -133,11 +133,11 @@ def _train_candidates(spec: MethodSpec, arrival, backbone: Backbone, previous, p
     Returns the winning method, its TrainedTask, and the selection record (None without a search).
     """
     cls = get_method_class(spec.name)
-    candidates = spec.candidates(arrival.task.name)
+    candidates = spec.candidate_configs(arrival.task.name)
     best = None
     tried = []
-    for options in candidates:
-        method = cls(cls.config_class.from_options(options), backbone)
+    for options, method_config in candidates:
+        method = cls(method_config, backbone)
         clock = time.perf_counter()
         trained = method.train(arrival, previous=previous, progress=progress)
         score = trained.fit.best_dev_score
@@ -322,7 +322,7 @@ def _run_methods(config: RunConfig, run_dir: Path, backbone: Backbone, builder: 
     ledger = Ledger(run_dir / LEDGER_FILE)
     _warn_if_numerics_changed(ledger, numerics)
     for spec in config.methods:
-        method = build_method(spec.name, spec.task_options(None), backbone)
+        method = spec.build(backbone)
         log = None
         if config.avalanche_loggers:
             from stream.engine.avalanche_log import run_log

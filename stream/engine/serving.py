@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from methods.core.backbone import Backbone, load_backbone
-from methods.core.base import Method, build_method
+from methods.core.base import Method
 from methods.core.patches import ServingPatch
 from methods.core.task_model import TaskModel
 from stream.core.errors import ArtifactError, ConfigError, DataError, RunDirectoryError
@@ -268,7 +268,7 @@ class TaskBank:
         """The run's method object for ``label``, built on the bank's backbone."""
         if label not in self._methods:
             spec = MethodSpec.from_value(self._method_entries[label])
-            self._methods[label] = build_method(spec.name, dict(spec.options), self.backbone)
+            self._methods[label] = spec.build(self.backbone)
         return self._methods[label]
 
     def read(self, task: str, method: str | None = None) -> LoadedArtifact:

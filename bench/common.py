@@ -1,16 +1,14 @@
-"""The set-up every bench script shares: offline Hugging Face defaults, this checkout on sys.path, paths.
+"""What the bench scripts share: offline Hugging Face defaults, the checkout's root, local GLUE data, result files.
 
-Import it before anything else that may import a Hugging Face library (they read the environment when they
-are imported). ``python bench/x.py`` puts ``bench/`` first on sys.path, whatever the working directory, so
-the scripts import this module as ``bench_setup``; scripts that other bench scripts import as
-``bench.<name>`` find it the same way, since those importers run as scripts from ``bench/`` too.
+The scripts run as modules from the repository root with the package installed (``make setup``):
+``python -m bench.step_cost ...``. Import this module before anything that may import a Hugging Face
+library (they read the environment when they are imported).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 # The benchmarks read the bundled backbone and local GLUE copies: a missing file should fail at once, not
@@ -22,11 +20,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 """The root of the checkout these scripts belong to."""
-
-# Run as a script from anywhere, sys.path holds bench/ but not the root: import this checkout's packages
-# (stream, methods, analysis, bench.*), not an installed copy or another worktree's.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 def default_glue_dir() -> Path | None:

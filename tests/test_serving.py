@@ -19,6 +19,7 @@ import torch
 
 from methods.core.backbone import load_backbone, state_fingerprint
 from methods.core.base import build_method
+from methods.core.flat_params import flat_weights
 from methods.core.patches import AddAtPositions, AssignValues, Edit, ServingPatch, ZeroAtPositions
 from methods.core.task_model import TaskHead
 from stream.core.errors import ConfigError, DataError
@@ -139,7 +140,10 @@ class _Failing(Edit):
 def test_position_edits_restore_by_assignment_and_a_failed_apply_reverts(tiny_backbone):
     encoder = tiny_backbone.encoder
     name = "embeddings.word_embeddings.weight"
+    weights = flat_weights(encoder)  # what the position edits write through; flattening keeps every value
+    assert flat_weights(encoder) is weights and weights.holds(encoder)
     flat = encoder.get_parameter(name).detach().view(-1)
+    assert flat.data_ptr() == weights.buffer[weights.offsets[name]:].data_ptr()
     with torch.no_grad():
         flat[:3] = torch.tensor([1e-8, -0.5, 2.0])  # (1e-8 + 1) - 1 == 0 in fp32: subtracting back is not exact
     before = flat.clone()

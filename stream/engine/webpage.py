@@ -265,7 +265,7 @@ def curves_page(server: PageServer, run: str) -> str:
                      f"</td><td class=num>{trained['cumulative_bytes']:,}</td><td class=num>{len(scores)}</td>"
                      f"<td class=num>{average:.2f}</td></tr>")
     table = ("<table id=curves><thead><tr><th>method</th><th>step</th><th>task arrived</th><th>bytes stored so "
-             "far</th><th>tasks scored</th><th>average score</th></tr></thead><tbody>"
+             "far (shared backbone included)</th><th>tasks scored</th><th>average score</th></tr></thead><tbody>"
              f"{''.join(cells)}</tbody></table>")
     note = server.progress(run).note()
     note = f'<p class=note role=status>{html.escape(note)}</p>' if note else ""

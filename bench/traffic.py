@@ -42,6 +42,8 @@ SENTENCES = ["a gripping, beautifully acted film", "the plot goes nowhere and th
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run-dir", type=Path, default=Path("/tmp/taskstream-switch-latency"), help="a finished run")
+    p.add_argument("--methods", help="method labels the stream asks (comma-separated; default: every one served); "
+                                     "full-models keeps a full model per (method, task), so each adds ~90 MB per task")
     p.add_argument("--requests", type=int, default=240, help="requests in the stream")
     p.add_argument("--seed", type=int, default=0, help="seed of the stream")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -60,10 +62,15 @@ def memory_kib() -> dict[str, int]:
     return {"rss_kib": fields["VmRSS"], "peak_kib": fields["VmHWM"]}
 
 
-def request_stream(bank, count: int, seed: int) -> list[tuple[str, str, tuple[str, ...]]]:
-    """``count`` requests (method label, task, texts), drawn with ``seed`` from every pair the bank serves."""
+def request_stream(bank, methods: str | None, count: int, seed: int) -> list[tuple[str, str, tuple[str, ...]]]:
+    """``count`` requests (method label, task, texts), drawn with ``seed`` from every pair the bank serves for
+    ``methods`` (comma-separated labels; None: all)."""
     rng = random.Random(seed)
-    pairs = sorted(bank.served)
+    wanted = methods.split(",") if methods else list(bank.methods)
+    unknown = sorted(set(wanted) - set(bank.methods))
+    if unknown:
+        raise SystemExit(f"--methods names {', '.join(unknown)}, which the run does not serve")
+    pairs = sorted(pair for pair in bank.served if pair[0] in wanted)
     stream = []
     for _ in range(count):
         label, task = rng.choice(pairs)
@@ -82,14 +89,14 @@ def worker(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     bank = TaskBank(args.run_dir, device="cpu")
-    stream = request_stream(bank, args.requests, args.seed)
+    stream = request_stream(bank, args.methods, args.requests, args.seed)
     encoded = [bank.encode(task, [texts]) for _, task, texts in stream]
     models = {}
     if args.worker == "full-models":
         for label, task in sorted({(label, task) for label, task, _ in stream}):
             models[(label, task)] = bank.method(label).load(bank.read(task, label), bank.task_specs[task])
     else:
-        for label in bank.methods:
+        for label in {label for label, _, _ in stream}:
             bank.method(label)  # build methods (and import their libraries) before timing
     setup = time.perf_counter() - started
     after_setup = memory_kib()
@@ -113,7 +120,7 @@ def worker(args: argparse.Namespace) -> dict:
     bank.reset(verify=args.worker != "full-models")
     return {"strategy": args.worker, "requests": len(stream), "seconds": seconds, "setup_seconds": setup,
             "requests_per_second": len(stream) / seconds, "switches": switches, "models_in_memory": len(models),
-            "pairs": len(bank.served), "after_setup": after_setup, "end": memory_kib(), "answers": answers}
+            "pairs": len({pair[:2] for pair in stream}), "after_setup": after_setup, "end": memory_kib(), "answers": answers}
 
 
 def main(argv=None) -> int:
@@ -127,6 +134,8 @@ def main(argv=None) -> int:
     for strategy in STRATEGIES:
         command = [sys.executable, __file__, "--run-dir", str(args.run_dir), "--requests", str(args.requests),
                    "--seed", str(args.seed), "--threads", str(args.threads), "--worker", strategy]
+        if args.methods:
+            command += ["--methods", args.methods]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         results[strategy] = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"{strategy}: {results[strategy]['requests_per_second']:.1f} requests/s", flush=True)

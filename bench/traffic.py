@@ -120,7 +120,8 @@ def worker(args: argparse.Namespace) -> dict:
     bank.reset(verify=args.worker != "full-models")
     return {"strategy": args.worker, "requests": len(stream), "seconds": seconds, "setup_seconds": setup,
             "requests_per_second": len(stream) / seconds, "switches": switches, "models_in_memory": len(models),
-            "pairs": len({pair[:2] for pair in stream}), "after_setup": after_setup, "end": memory_kib(), "answers": answers}
+            "pairs": len({pair[:2] for pair in stream}), "after_setup": after_setup, "end": memory_kib(),
+            "answers": answers}
 
 
 def main(argv=None) -> int:

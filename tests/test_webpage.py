@@ -27,7 +27,6 @@ from stream.engine.config import MethodSpec, RunConfig
 from stream.engine.runner import run_stream
 from stream.engine.webpage import MAX_TEXT_CHARS, PageServer, create_app
 
-REPO = Path(__file__).resolve().parents[1]
 METHODS = (MethodSpec(name="full"), MethodSpec(name="bitfit"), MethodSpec(name="diff_pruning"),
            MethodSpec(name="masking"))
 BUDGET = Budget(max_train_examples=16, epochs=1, batch_size=16, max_eval_examples=8, max_dev_examples=8)

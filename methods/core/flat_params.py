@@ -177,7 +177,8 @@ class FlatWeights:
         mapping's order."""
         unknown = sorted(set(local) - set(self.offsets))
         if unknown:
-            raise ConfigError(f"The encoder has no parameter {unknown[0]!r}; its first is {next(iter(self.offsets))!r}.")
+            raise ConfigError(f"The encoder has no parameter {unknown[0]!r}; its first is "
+                              f"{next(iter(self.offsets))!r}.")
         if not local:
             return torch.zeros(0, dtype=torch.int64, device=self.buffer.device)
         return torch.cat([index.to(self.buffer.device, torch.int64) + self.offsets[name]

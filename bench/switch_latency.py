@@ -49,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", default=DEFAULT_METHODS, help="methods of a new run")
     p.add_argument("--max-train-examples", type=int, default=32, help="budget of a new run")
     p.add_argument("--max-eval-examples", type=int, default=32, help="budget of a new run")
+    p.add_argument("--only", help="time only these method labels (comma-separated; default: every method served)")
     p.add_argument("--switches", type=int, default=60, help="timed switches per method (and baseline loads)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--seed", type=int, default=0, help="seed of the order in which methods are timed per round")
@@ -103,13 +104,13 @@ SENTENCES = ["a gripping, beautifully acted film", "the plot goes nowhere and th
              "A man is sleeping on the couch.", "Stocks fell sharply after the report."]
 
 
-def exact_everywhere(bank) -> dict[str, bool]:
+def exact_everywhere(bank, labels) -> dict[str, bool]:
     """Per method: do the bank's logits equal, bit for bit, those of ``Method.load``'s rebuilt model for every
     task (on a few sentences or sentence pairs)?"""
     import torch
 
     exact = {}
-    for label in bank.methods:
+    for label in labels:
         exact[label] = True
         for task in bank.tasks(label):
             width = len(bank.task_specs[task].text_columns)
@@ -129,13 +130,13 @@ def summary(seconds: list[float]) -> dict[str, float]:
     return {"median_ms": statistics.median(ms), "p10_ms": ms[decile - 1], "p90_ms": ms[-decile], "n": len(ms)}
 
 
-def first_switches(bank) -> tuple[dict[str, bool], dict[str, list[float]]]:
+def first_switches(bank, labels) -> tuple[dict[str, bool], dict[str, list[float]]]:
     """Switch once to every (method, task), timing it (read and verify the artifact, build the patch); whether
     each method switches in place."""
-    for label in bank.methods:
+    for label in labels:
         bank.method(label)  # build the method objects (and import their libraries) before any timing
     in_place, cold = {}, {}
-    for label in bank.methods:
+    for label in labels:
         cold[label] = []
         for task in bank.tasks(label):
             bank.reset()
@@ -146,10 +147,10 @@ def first_switches(bank) -> tuple[dict[str, bool], dict[str, list[float]]]:
     return in_place, cold
 
 
-def timed_rounds(bank, baselines: dict, full: str, rounds: int, seed: int) -> dict[str, list[float]]:
+def timed_rounds(bank, labels, baselines: dict, full: str, rounds: int, seed: int) -> dict[str, list[float]]:
     """``rounds`` rounds; in each, every method switches once from one of its tasks to the next (timed, after
     an untimed switch to the first) and every baseline loads once, in a shuffled order."""
-    tasks = {label: bank.tasks(label) for label in bank.methods}
+    tasks = {label: bank.tasks(label) for label in labels}
     tasks.update({name: bank.tasks(full) for name in baselines})
     timed: dict[str, list[float]] = {name: [] for name in tasks}
     position = dict.fromkeys(tasks, 0)
@@ -171,7 +172,7 @@ def timed_rounds(bank, baselines: dict, full: str, rounds: int, seed: int) -> di
     return timed
 
 
-def report(args, bank, full: str, rows: dict, in_place: dict, cold: dict, exact: dict) -> tuple[dict, str]:
+def report(args, bank, labels, full: str, rows: dict, in_place: dict, cold: dict, exact: dict) -> tuple[dict, str]:
     """The JSON record and the markdown text."""
     from stream.core.ledger import read_ledger
     from stream.engine.runner import package_versions
@@ -185,7 +186,7 @@ def report(args, bank, full: str, rows: dict, in_place: dict, cold: dict, exact:
                 "unchecked_load_over_switch": unchecked / rows[label]["median_ms"],
                 "first_switch_ms": 1000 * statistics.mean(cold[label]),
                 "mean_artifact_bytes": statistics.mean(sizes[label].values()), "equals_method_load": exact[label]}
-               for label in bank.methods]
+               for label in labels]
     record = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "run_dir": str(args.run_dir), "run_config": bank.config, "backbone": bank.backbone.identity,
@@ -200,7 +201,8 @@ def report(args, bank, full: str, rows: dict, in_place: dict, cold: dict, exact:
              f"{', '.join(bank.tasks(full))}; load average at the end {record['load_average'][0]:.2f} on "
              f"{os.cpu_count()} cores (other jobs shared the machine; rounds interleave every method and the "
              "baselines, so they shared the slowdown).", "",
-             f"The run served: methods {', '.join(bank.methods)}; budget {json.dumps(bank.config['budget'])} "
+             f"The run served: methods {', '.join(bank.methods)} (timed: {', '.join(labels)}); "
+             f"budget {json.dumps(bank.config['budget'])} "
              "(made by this script from --data-dir when the run directory does not exist).", "",
              "Baselines, loading a full finetuned copy from disk into a model built beforehand "
              "(`load_state_dict`, encoder and head):", ""]
@@ -241,12 +243,16 @@ def main(argv=None) -> int:
                 None)
     if full is None:
         raise SystemExit("the run needs a full-finetuning method for the baselines")
-    in_place, cold = first_switches(bank)
-    timed = timed_rounds(bank, full_copy_loaders(bank, full), full, args.switches, args.seed)
-    exact = exact_everywhere(bank)
+    labels = args.only.split(",") if args.only else list(bank.methods)
+    unknown = sorted(set(labels) - set(bank.methods))
+    if unknown:
+        raise SystemExit(f"--only names {', '.join(unknown)}, which the run does not serve ({', '.join(bank.methods)})")
+    in_place, cold = first_switches(bank, labels)
+    timed = timed_rounds(bank, labels, full_copy_loaders(bank, full), full, args.switches, args.seed)
+    exact = exact_everywhere(bank, labels)
     bank.reset(verify=True)  # raises unless the backbone is bit for bit the original
     rows = {name: summary(seconds) for name, seconds in timed.items()}
-    record, text = report(args, bank, full, rows, in_place, cold, exact)
+    record, text = report(args, bank, labels, full, rows, in_place, cold, exact)
     print(text)
     write_results(args.out, f"# Switch latency\n\n{text}\n\nCommand: `{record['command']}`\n", record)
     return 0

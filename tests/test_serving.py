@@ -7,6 +7,7 @@ classification, regression); a TaskBank then switches among all (method, task) p
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -16,9 +17,10 @@ import torch
 
 from methods.core.backbone import load_backbone, state_fingerprint
 from methods.core.base import build_method
+from methods.core.flat_params import flat_weights
 from methods.core.patches import AddAtPositions, AssignValues, Edit, ServingPatch, ZeroAtPositions
 from methods.core.task_model import TaskHead
-from stream.core.errors import ConfigError, DataError
+from stream.core.errors import ConfigError, DataError, RunDirectoryError
 from stream.core.scenario import Budget
 from stream.core.tasks import get_task
 from stream.engine.config import MethodSpec, RunConfig
@@ -136,7 +138,10 @@ class _Failing(Edit):
 def test_position_edits_restore_by_assignment_and_a_failed_apply_reverts(tiny_backbone):
     encoder = tiny_backbone.encoder
     name = "embeddings.word_embeddings.weight"
+    weights = flat_weights(encoder)  # what the position edits write through; flattening keeps every value
+    assert flat_weights(encoder) is weights and weights.holds(encoder)
     flat = encoder.get_parameter(name).detach().view(-1)
+    assert flat.data_ptr() == weights.buffer[weights.offsets[name]:].data_ptr()
     with torch.no_grad():
         flat[:3] = torch.tensor([1e-8, -0.5, 2.0])  # (1e-8 + 1) - 1 == 0 in fp32: subtracting back is not exact
     before = flat.clone()
@@ -172,8 +177,46 @@ def test_read_examples_from_text_and_csv(tmp_path):
     with pytest.raises(DataError, match="line 1: 1 tab-separated field"):
         read_examples(lines, rte)
     table.write_text("sentence\nfoo\n")
-    with pytest.raises(DataError, match="lacks the column"):
+    with pytest.raises(DataError, match="missing column.*'sentence1'"):
         read_examples(table, rte)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad.csv", b'sentence\n"an unterminated quote\n', "cannot parse the row"),  # training's reader refuses it too
+    ("bad.txt", "caf\u00e9\n".encode("latin-1"), "line 1: not valid UTF-8"),
+    ("bad.csv", "sentence\ncaf\u00e9\n".encode("latin-1"), "line 2: not valid UTF-8"),
+    ("model.bin", bytes(range(256)) * 4, "binary file"),
+    ("nul.txt", b"good\x00film\n", "binary file"),
+    ("rows.jsonl", b'{"sentence": "good"}\n[1, 2]\n', "line 2: expected a JSON object"),
+    ("rows.jsonl", b'{"text": "good"}\n', "column 'sentence' is missing"),
+])
+def test_read_examples_refuses_what_training_refuses(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        read_examples(path, get_task("sst2"))
+
+
+@pytest.mark.parametrize("edit, error, message", [
+    (lambda c: c.update(pooling="cls"), ConfigError, "trained with pooling='mean'"),
+    (lambda c: c["budget"].update(max_seq_length=17), ConfigError, "maximum length of 17 tokens, but .* was trained "
+                                                                   "with 128"),
+    (lambda c: c["task_budgets"].update(sst2={"max_seq_length": 40}), ConfigError, "trained with 128"),
+    (None, RunDirectoryError, "not valid JSON"),
+])
+def test_an_edited_config_is_refused_not_served(run_dir, tmp_path, edit, error, message):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    path = copy / "config.json"
+    if edit is None:
+        path.write_text(path.read_text()[:40])
+    else:
+        config = json.loads(path.read_text())
+        config.setdefault("task_budgets", {})
+        edit(config)
+        path.write_text(json.dumps(config))
+    with pytest.raises(error, match=message):
+        TaskBank(copy, device="cpu").predict("sst2", ["good film"], method="bitfit")
 
 
 # ------------------------------------------------------------------------------------------------- CLI

@@ -187,8 +187,15 @@ class Backbone:
         return "parameters x element size (the encoder was built in memory, not loaded from files)"
 
     def fresh_encoder(self) -> nn.Module:
-        """A private, trainable-capable copy of the pristine encoder (all parameters frozen)."""
-        encoder = copy.deepcopy(self.encoder)
+        """A private, trainable-capable copy of the pristine encoder (all parameters frozen).
+
+        Every parameter gets its own storage, even when a server has moved the shared encoder's parameters
+        into one flat buffer (:class:`~methods.core.flat_params.FlatWeights`): a copy is trained and saved
+        tensor by tensor, and must look like a freshly loaded model.
+        """
+        own = {id(p): nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+               for p in self.encoder.parameters()}
+        encoder = copy.deepcopy(self.encoder, memo=own)
         encoder.requires_grad_(False)
         return encoder
 

@@ -6,6 +6,10 @@ or two big tensors instead of a hundred small ones. :class:`FlatLayout` maps bet
 the named tensors; :class:`FunctionalEncoder` runs the encoder's architecture with weights computed out
 of place (``backbone + change``) through ``torch.func.functional_call``: the shared tensors are read,
 never written and never copied.
+
+:class:`FlatWeights` serves the other direction: it moves a live encoder's own parameters into one flat
+buffer, so that a server's in-place switch (diff pruning's sparse diff, masking's zeros) is one indexed op
+on that buffer rather than one per parameter tensor.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
+import weakref
 from collections.abc import Iterator, Mapping
 
 import torch
@@ -121,3 +126,72 @@ class FunctionalEncoder(nn.Module):
     def forward(self, weights: Mapping[str, torch.Tensor], **inputs: torch.Tensor):
         """The encoder's output with ``weights`` (name -> tensor, every parameter) in place of its own."""
         return torch.func.functional_call(self._skeleton, dict(weights), args=(), kwargs=inputs)
+
+
+class FlatWeights:
+    """An encoder's parameters moved into one flat buffer, so that an edit at positions anywhere in the
+    encoder is one indexed op on one tensor instead of one per parameter.
+
+    Building it re-points every parameter (the same ``Parameter`` objects: modules, names and optimizers see
+    no change) at a slice of a new buffer holding the same values. Each slice starts on a 64-byte boundary,
+    as a separately allocated tensor does, so kernels see the alignment they saw before and compute the same
+    bits. Use :func:`flat_weights` rather than the constructor: an encoder is flattened once.
+    """
+
+    ALIGN_BYTES = 64
+
+    def __init__(self, encoder: nn.Module) -> None:
+        named = list(encoder.named_parameters())
+        kinds = {(p.dtype, p.device) for _, p in named}
+        if len(kinds) != 1:
+            raise ConfigError(f"Flat weights need an encoder whose parameters share one dtype and device; "
+                              f"{type(encoder).__name__} has {sorted(map(str, kinds))}. Convert the backbone to "
+                              "one dtype first.")
+        dtype, device = kinds.pop()
+        align = max(1, self.ALIGN_BYTES // torch.empty((), dtype=dtype).element_size())
+        offsets, end = {}, 0
+        for name, p in named:
+            offsets[name] = end
+            end += -(-p.numel() // align) * align
+        self.offsets: dict[str, int] = offsets
+        self._parameters = tuple(p for _, p in named)
+        # Not an inference tensor even when first built under inference_mode: the parameters live here for
+        # good, and later in-place writes (outside inference mode) must be allowed.
+        with torch.inference_mode(False), torch.no_grad():
+            self.buffer = torch.zeros(end, dtype=dtype, device=device)
+            for name, p in named:
+                view = self.buffer[offsets[name]:offsets[name] + p.numel()].view(p.shape)
+                view.copy_(p)
+                p.data = view
+        self._pointers = tuple(p.data_ptr() for p in self._parameters)
+
+    def holds(self, encoder: nn.Module | None = None) -> bool:
+        """Whether the parameters still live in the buffer (nothing moved or replaced them since), and, given
+        ``encoder``, whether they are still exactly its parameters."""
+        if encoder is not None and [id(p) for p in encoder.parameters()] != [id(p) for p in self._parameters]:
+            return False
+        return tuple(p.data_ptr() for p in self._parameters) == self._pointers
+
+    def positions(self, local: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Positions in the buffer (one int64 tensor) of per-parameter flat positions (name -> (k_i,)), in the
+        mapping's order."""
+        unknown = sorted(set(local) - set(self.offsets))
+        if unknown:
+            raise ConfigError(f"The encoder has no parameter {unknown[0]!r}; its first is "
+                              f"{next(iter(self.offsets))!r}.")
+        if not local:
+            return torch.zeros(0, dtype=torch.int64, device=self.buffer.device)
+        return torch.cat([index.to(self.buffer.device, torch.int64) + self.offsets[name]
+                          for name, index in local.items()])
+
+
+_FLATTENED: weakref.WeakKeyDictionary[nn.Module, FlatWeights] = weakref.WeakKeyDictionary()
+
+
+def flat_weights(encoder: nn.Module) -> FlatWeights:
+    """``encoder``'s parameters as one flat buffer (:class:`FlatWeights`), flattened on the first call and
+    again only if something moved them since (``.to()``, ``load_state_dict(assign=True)``)."""
+    weights = _FLATTENED.get(encoder)
+    if weights is None or not weights.holds(encoder):
+        weights = _FLATTENED[encoder] = FlatWeights(encoder)
+    return weights

@@ -8,21 +8,25 @@ reverts it. A patch is the task's head plus a list of edits to the encoder, each
   the adapters' LayerNorms) and assigns the overwritten tensors back on revert;
 - :class:`AddAtPositions` adds sparse values at flat positions of named parameters (diff pruning);
 - :class:`ZeroAtPositions` multiplies flat positions of named parameters by zero (masking's masked-out
-  weights);
+  weights); both work on the encoder's parameters moved into one flat buffer
+  (:class:`~methods.core.flat_params.FlatWeights`), so a switch is one indexed copy however many tensors
+  it touches;
 - :class:`SwapModules` puts task modules at module paths (adapters, LoRA) and the originals back.
 
 "Exact" means two things, both proved by ``tests/test_serving.py``:
 
 1. The patched encoder computes bit for bit what ``Method.load`` rebuilds from the same file: every edit
-   performs the very operation ``load`` performs on its fresh copy (``index_add_``, ``mul`` by zero,
-   ``copy_``), on the same pristine values, and swapped-in modules are built by the method's own load code.
+   computes the very rounding ``load`` computes on its fresh copy (one addition per diff entry, as
+   ``index_add_`` makes it; ``mul`` by zero; ``copy_``), on the same pristine values, and swapped-in modules
+   are built by the method's own load code.
 2. After ``revert`` every tensor of the encoder is bit-identical to before ``apply``. Position edits keep
    the k original values they overwrite (k values, not the tensor) and restore them by assignment
    (``index_copy_``); nothing is ever undone by arithmetic, since ``(w + d) - d`` is not ``w`` in floating
    point.
 
-A patch is built against the live encoder while no other patch is applied (it may read the encoder's
-structure, and modules it wraps must be the pristine ones); a server applies one patch at a time.
+A patch is built and applied against the live encoder while no other patch is applied (it may read the
+encoder's structure and values, and modules it wraps must be the pristine ones); a server applies one patch
+at a time.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from methods.core.flat_params import flat_weights
 from methods.core.task_model import TaskHead, TaskModel
 
 
@@ -48,19 +53,15 @@ class Edit(abc.ABC):
 
     _saved: dict | None = None
     _resolved: tuple[weakref.ref, dict[str, torch.Tensor]] | None = None
-    _flat: bool = False  # whether _parameters gives flat (N_i,) views
 
     def _parameters(self, encoder: nn.Module, names) -> dict[str, torch.Tensor]:
-        """``encoder``'s named parameters (detached: writes go into the live storage; flat views if
-        ``_flat``), looked up once per encoder: resolving dotted names at every switch would cost more than
-        BitFit's whole copy. Patches only ever write into parameters, never replace them, so the tensors
-        found stay the live ones."""
+        """``encoder``'s named parameters, looked up once per encoder: resolving dotted names at every switch
+        would cost more than BitFit's whole copy. Patches only ever write into parameters, never replace them,
+        so the objects found stay the live ones; they are kept as the ``Parameter`` objects (not detached
+        tensors), so writes follow them if their storage moves (:func:`flat_weights` moves it)."""
         if self._resolved is None or self._resolved[0]() is not encoder:
             params = dict(encoder.named_parameters())
-            found = {name: params[name].detach() for name in names}
-            if self._flat:
-                assert all(t.is_contiguous() for t in found.values()), "a flat view must not be a copy"
-                found = {name: t.view(-1) for name, t in found.items()}
+            found = {name: params[name] for name in names}
             self._resolved = (weakref.ref(encoder), found)
         return self._resolved[1]
 
@@ -100,56 +101,76 @@ class AssignValues(Edit):
         self.values = dict(values)
 
     def _save(self, encoder):
-        return {name: param.clone() for name, param in self._parameters(encoder, self.values).items()}
+        return {name: param.detach().clone() for name, param in self._parameters(encoder, self.values).items()}
 
     def _write(self, encoder):
-        for name, param in self._parameters(encoder, self.values).items():
-            param.copy_(self.values[name])
+        with torch.no_grad():
+            for name, param in self._parameters(encoder, self.values).items():
+                param.copy_(self.values[name])
 
     def _restore(self, encoder, saved):
-        for name, param in self._parameters(encoder, self.values).items():
-            param.copy_(saved[name])
+        with torch.no_grad():
+            for name, param in self._parameters(encoder, self.values).items():
+                param.copy_(saved[name])
 
 
 class _PositionEdit(Edit):
-    """Overwrite entries at flat positions of named parameters; keep those k entries and assign them back.
+    """Overwrite entries at flat positions of named parameters, through the encoder's one flat buffer.
 
-    ``positions``: parameter name -> int64 (k_i,) flat positions into that parameter, on its device.
+    ``positions``: parameter name -> int64 (k_i,) flat positions into that parameter. On the first apply to an
+    encoder the positions become positions in the encoder's flat buffer (:func:`flat_weights`, which moves the
+    parameters into one buffer the first time), and the k original entries and the k new ones are computed
+    once and kept: from then on apply is one ``index_copy_`` of the new entries and revert one of the
+    originals, whatever the number of tensors touched. This relies on the serving contract above: the encoder
+    holds the same values at every apply (the pristine backbone), as it did at the first.
     """
-
-    _flat = True
 
     def __init__(self, positions: Mapping[str, torch.Tensor]) -> None:
         self.positions = {name: index for name, index in positions.items() if index.numel()}
+        self._cache: tuple | None = None  # (encoder ref, flat weights, buffer positions, new entries, originals)
 
-    def _flats(self, encoder: nn.Module) -> dict[str, torch.Tensor]:
-        return self._parameters(encoder, self.positions)
+    def _resolve(self, encoder: nn.Module) -> tuple:
+        cached = self._cache
+        if cached is None or cached[0]() is not encoder or not cached[1].holds():
+            with torch.inference_mode(False), torch.no_grad():  # kept for later switches: normal tensors
+                cached = self._cache = self._build_cache(encoder)
+        return cached[1].buffer, cached[2], cached[3], cached[4]
+
+    def _build_cache(self, encoder: nn.Module) -> tuple:
+        weights = flat_weights(encoder)
+        order = sorted(self.positions, key=weights.offsets.__getitem__)  # ascending: cache-friendly
+        index = weights.positions({name: self.positions[name] for name in order})
+        old = weights.buffer.index_select(0, index)
+        return weakref.ref(encoder), weights, index, self._new_entries(order, old), old
 
     def _save(self, encoder):
-        return {name: flat.index_select(0, self.positions[name]) for name, flat in self._flats(encoder).items()}
+        self._resolve(encoder)
+        return {}  # the originals are kept by _resolve
 
     def _write(self, encoder):
-        for name, flat in self._flats(encoder).items():
-            self._overwrite(name, flat, self.positions[name], self._saved[name])
+        buffer, index, new, _ = self._resolve(encoder)
+        buffer.index_copy_(0, index, new)
 
     def _restore(self, encoder, saved):
-        for name, flat in self._flats(encoder).items():
-            flat.index_copy_(0, self.positions[name], saved[name])
+        buffer, index, _, old = self._resolve(encoder)
+        buffer.index_copy_(0, index, old)
 
     @abc.abstractmethod
-    def _overwrite(self, name: str, flat: torch.Tensor, index: torch.Tensor, old: torch.Tensor) -> None:
-        """Write the new entries at ``index`` of ``flat`` (whose entries there were ``old``)."""
+    def _new_entries(self, order: Sequence[str], old: torch.Tensor) -> torch.Tensor:
+        """The entries to write at the positions of the parameters ``order`` (concatenated in that order),
+        whose entries are ``old``."""
 
 
 class AddAtPositions(_PositionEdit):
-    """``flat[index] += values`` per parameter, by ``index_add_`` as diff pruning's ``load`` does."""
+    """``flat[index] += values`` per parameter: ``old + values``, the one rounding ``index_add_`` makes in
+    diff pruning's ``load`` (positions are unique, so each entry gets exactly one addition)."""
 
     def __init__(self, positions: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tensor]) -> None:
         super().__init__(positions)
         self.values = {name: values[name] for name in self.positions}
 
-    def _overwrite(self, name, flat, index, old) -> None:
-        flat.index_add_(0, index, self.values[name])
+    def _new_entries(self, order, old):
+        return old + torch.cat([self.values[name].to(old.device, old.dtype) for name in order])
 
 
 class ZeroAtPositions(_PositionEdit):
@@ -159,8 +180,8 @@ class ZeroAtPositions(_PositionEdit):
     dense ``mul_`` of masking's ``load``; the mask's ones leave their entries untouched (``w * 1 == w``).
     """
 
-    def _overwrite(self, name, flat, index, old) -> None:
-        flat.index_copy_(0, index, old.mul(0))
+    def _new_entries(self, order, old):
+        return old.mul(0)
 
 
 def _parent(root: nn.Module, path: str) -> tuple[nn.Module, str]:

@@ -23,8 +23,6 @@ import math
 from collections.abc import Callable, Mapping
 
 import numpy as np
-from scipy import stats
-from sklearn.metrics import f1_score, matthews_corrcoef
 
 from stream.core.tasks import TaskSpec
 
@@ -40,13 +38,39 @@ def _correlation(statistic: Callable[[np.ndarray, np.ndarray], float]) -> Callab
     return metric
 
 
+# scipy and scikit-learn are imported when a metric is computed, not with this module: commands that never
+# score (predict, serve, methods) would otherwise spend seconds importing them.
+def _f1(p: np.ndarray, y: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+
+    # GLUE's F1 for MRPC and QQP is the binary F1 of the positive class, label id 1.
+    return 100.0 * float(f1_score(y, p, pos_label=1, average="binary", zero_division=0.0))
+
+
+def _matthews(p: np.ndarray, y: np.ndarray) -> float:
+    from sklearn.metrics import matthews_corrcoef
+
+    return 100.0 * float(matthews_corrcoef(y, p))
+
+
+def _pearson(p: np.ndarray, y: np.ndarray) -> float:
+    from scipy import stats
+
+    return stats.pearsonr(p, y).statistic
+
+
+def _spearman(p: np.ndarray, y: np.ndarray) -> float:
+    from scipy import stats
+
+    return stats.spearmanr(p, y).statistic
+
+
 _METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": lambda p, y: 100.0 * float(np.mean(p == y)),
-    # GLUE's F1 for MRPC and QQP is the binary F1 of the positive class, label id 1.
-    "f1": lambda p, y: 100.0 * float(f1_score(y, p, pos_label=1, average="binary", zero_division=0.0)),
-    "matthews_correlation": lambda p, y: 100.0 * float(matthews_corrcoef(y, p)),
-    "pearson": _correlation(lambda p, y: stats.pearsonr(p, y).statistic),
-    "spearman": _correlation(lambda p, y: stats.spearmanr(p, y).statistic),
+    "f1": _f1,
+    "matthews_correlation": _matthews,
+    "pearson": _correlation(_pearson),
+    "spearman": _correlation(_spearman),
 }
 
 

@@ -228,6 +228,53 @@ def _read_file(path: Path, *, tsv_fieldnames: tuple[str, ...] | None = None) -> 
                     f"{', '.join('.' + ext for ext in SUPPORTED_EXTENSIONS)}.")
 
 
+def read_text_rows(path: str | Path, columns: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The ``columns`` of every row of a data file (CSV, TSV with a header, JSON, JSON lines, parquet), read
+    as training reads its files: the same decoding, quoting and row checks, so a file training refuses
+    (an unterminated quote, bytes that are not UTF-8) is refused here too, naming the line.
+
+    Files of any other extension are plain text, one row per non-blank line, the columns separated by tabs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found. Fix: check the path.")
+    if file_format(path) is None:
+        return _plain_text_rows(path, columns)
+    records = _read_file(path)
+    if records.columns is not None:
+        absent = [c for c in columns if c not in records.columns]
+        if absent:
+            raise DataError(f"{path}: missing column(s) {', '.join(map(repr, absent))}; its header is "
+                            f"{list(records.columns)}. Fix: name the columns {', '.join(columns)}.")
+    rows = []
+    for number, record in records.rows:
+        texts = tuple(record.get(c) for c in columns)
+        bad = next((c for c, t in zip(columns, texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise DataError(f"{path}, {records.unit} {number}: column {bad!r} is "
+                            f"{'missing' if record.get(bad) is None else 'not text'}. Fix: give every row the "
+                            f"text column(s) {', '.join(columns)}.")
+        rows.append(texts)
+    return rows
+
+
+def _plain_text_rows(path: Path, columns: tuple[str, ...]) -> list[tuple[str, ...]]:
+    rows = []
+    for number, line in enumerate(_decoded_lines(path), 1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        if "\x00" in line:
+            raise DataError(f"{path}, line {number}: a NUL byte; this looks like a binary file, not text. Fix: give "
+                            "a text file, one example per line.")
+        fields = tuple(line.split("\t"))
+        if len(fields) != len(columns):
+            raise DataError(f"{path}, line {number}: {len(fields)} tab-separated field(s), expected {len(columns)} "
+                            f"({' and '.join(columns)}) per line.")
+        rows.append(fields)
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Checking records against a task
 

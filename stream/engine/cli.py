@@ -5,7 +5,8 @@ Subcommands: ``run`` (run or resume a stream), ``retrain`` (train one task of a 
 resume a study: many runs from one spec, on local worker processes or Ray), ``plot`` and ``report`` (figures
 and a report of a run or a study),
 ``compare`` (one report over several runs and studies), ``predict`` (answer for any task of a finished run,
-served from one backbone), ``methods`` and ``tasks`` (what is registered).
+served from one backbone), ``serve`` (the same answers, every method side by side, on a local web page),
+``methods`` and ``tasks`` (what is registered).
 User errors print one clear message and exit with status 2; nothing already written is touched.
 """
 
@@ -289,6 +290,28 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _add_serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="a local web page: pick a task, type a sentence, see every method's answer",
+                       description="Start a small web page over a run or a study: every method's answer to a "
+                                   "sentence (or pair) side by side, with what it stores for the task, and the "
+                                   "run's storage and score curves. Serves on 127.0.0.1 unless --host says "
+                                   "otherwise; Ctrl-C stops it.")
+    p.add_argument("run", type=Path, metavar="RUN_OR_STUDY", help="a run directory or a study directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+
+
+def _cmd_serve(args) -> int:
+    from stream.core.validation import check_int
+
+    check_int("", "--port", args.port, minimum=1, maximum=65535)
+    from stream.engine.webpage import serve
+
+    serve(args.run, host=args.host, port=args.port, device=args.device)
+    return 0
+
+
 def _cmd_methods(args) -> int:
     from methods.core.base import registered_methods
 
@@ -326,13 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/comparison"),
                    help="where report.md, report.html and figures/ go (default: runs/comparison)")
     _add_predict_parser(sub)
+    _add_serve_parser(sub)
     sub.add_parser("methods", help="list the registered methods")
     sub.add_parser("tasks", help="list the registered tasks")
     return parser
 
 
 _COMMANDS = {"run": _cmd_run, "retrain": _cmd_retrain, "sweep": _cmd_sweep, "plot": _cmd_plot, "report": _cmd_report,
-             "compare": _cmd_compare, "predict": _cmd_predict, "methods": _cmd_methods, "tasks": _cmd_tasks}
+             "compare": _cmd_compare, "predict": _cmd_predict, "serve": _cmd_serve, "methods": _cmd_methods,
+             "tasks": _cmd_tasks}
 
 
 def main(argv: list[str] | None = None) -> int:

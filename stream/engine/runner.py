@@ -200,6 +200,9 @@ def _run_method(spec: MethodSpec, sharing: Sharing, config: RunConfig, order: tu
                 "meta": trained.payload.meta, "new_params": trained.payload.new_params,
                 "lower_bound_bits": trained.payload.lower_bound_bits, "fit": trained.fit.to_dict(),
                 "numerics": numerics, "selection": selection,
+                # What serving must tokenise with (the pooling is in "backbone"): predict checks config.json
+                # against it, so an edited config cannot silently change the answers.
+                "max_seq_length": arrival.budget.max_seq_length,
             }
             store.write(key, trained.payload.tensors, sidecar)
             del trained, method

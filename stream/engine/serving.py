@@ -20,8 +20,8 @@ are kept (they are small); rebuilt models are not. A bank serves one task at a t
 
 from __future__ import annotations
 
-import csv
 import difflib
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +40,7 @@ from stream.core.ledger import Sharing, read_ledger
 from stream.core.rundir import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE
 from stream.core.rundir import read_run_config as read_saved_config
 from stream.core.scenario import Budget
+from stream.core.sources import read_text_rows
 from stream.core.store import ArtifactKey, ArtifactStore, LoadedArtifact
 from stream.core.tasks import CustomTaskSpec, TaskSpec, get_task
 from stream.core.tokenization import TokenizedSplit, tokenize_texts
@@ -148,36 +149,11 @@ def as_examples(task: TaskSpec, examples: Sequence[str | Sequence[str]]) -> list
 
 
 def read_examples(path: str | Path, task: TaskSpec) -> list[tuple[str, ...]]:
-    """Examples from a file: a CSV (``.csv``) with a header naming the task's text columns, or plain text
-    with one example per line (a tab between the two texts of a pair task; blank lines are skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"Examples file {path} does not exist.")
-    text = path.read_text(encoding="utf-8-sig")
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        missing = [c for c in task.text_columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path} lacks the column(s) {', '.join(missing)} that task {task.name!r} reads; its "
-                            f"header is {reader.fieldnames or []}. Name the columns "
-                            f"{', '.join(task.text_columns)}, or use one example per line instead.")
-        rows = []
-        for line, row in enumerate(reader, 2):
-            texts = tuple(row[c] for c in task.text_columns)
-            if any(t is None for t in texts):
-                raise DataError(f"{path}, line {line}: the row has fewer fields than the header.")
-            rows.append(texts)
-        return as_examples(task, rows)
-    examples = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        fields = tuple(line.split("\t"))
-        if len(fields) != len(task.text_columns):
-            raise DataError(f"{path}, line {number}: {len(fields)} tab-separated field(s), but task {task.name!r} "
-                            f"takes {len(task.text_columns)} ({' and '.join(task.text_columns)}) per line.")
-        examples.append(fields)
-    return as_examples(task, examples)
+    """Examples from a file, read by the reader training uses (:func:`stream.core.sources.read_text_rows`): a
+    data file (``.csv``, ``.tsv``, ``.json``, ``.jsonl``, ``.parquet``) whose columns include the task's text
+    columns, or plain text with one example per line (a tab between the two texts of a pair task; blank
+    lines are skipped)."""
+    return as_examples(task, read_text_rows(path, task.text_columns))
 
 
 class TaskBank:
@@ -279,12 +255,30 @@ class TaskBank:
             raise ArtifactError(f"Artifact {artifact.record.tensor_path} is not the file the ledger recorded "
                                 f"(sha256 {served.sha256[:16]}... expected, {artifact.record.sha256[:16]}... "
                                 "found): it was replaced after the run. Restore it or re-run the task.")
+        self._check_recorded_settings(artifact, served)
         trained_on = artifact.sidecar.get("backbone", {}).get("fingerprint")
         if trained_on != self.backbone.fingerprint:
             raise ArtifactError(f"Artifact {artifact.record.tensor_path} was trained on backbone fingerprint "
                                 f"{str(trained_on)[:12]}..., but the served backbone {self.backbone.identity!r} "
                                 f"is {self.backbone.fingerprint[:12]}...: serve it with the run's own backbone.")
         return artifact
+
+    def _check_recorded_settings(self, artifact: LoadedArtifact, served: ServedTask) -> None:
+        """Refuse an artifact whose recorded pooling or maximum length differs from what ``config.json`` says now:
+        the answers would silently change with an edited config. (Artifacts written before the maximum length
+        was recorded are checked for pooling only.)"""
+        path = self.run_dir / CONFIG_FILE
+        pooling = artifact.sidecar.get("backbone", {}).get("pooling")
+        if pooling is not None and pooling != self.config["pooling"]:
+            raise ConfigError(f"{path} says pooling={self.config['pooling']!r}, but {artifact.record.tensor_path} "
+                              f"was trained with pooling={pooling!r}: the config was edited after the run. Set "
+                              f"\"pooling\": {json.dumps(pooling)} back in it.")
+        recorded = artifact.sidecar.get("max_seq_length")
+        if recorded is not None and served.key.task == served.task and recorded != self.max_seq_length(served.task):
+            raise ConfigError(f"{path} gives task {served.task!r} a maximum length of "
+                              f"{self.max_seq_length(served.task)} tokens, but {artifact.record.tensor_path} was "
+                              f"trained with {recorded}: the config was edited after the run. Set max_seq_length "
+                              f"back to {recorded} (in \"budget\" or the task's \"task_budgets\").")
 
     def switch(self, task: str, method: str | None = None) -> TaskModel:
         """Make the live model serve ``task``; returns it (valid until the next switch or :meth:`reset`)."""

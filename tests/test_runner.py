@@ -19,7 +19,7 @@ from stream.core.ledger import ROW_FIELDS, SCHEMA_VERSION
 from stream.core.rundir import LEDGER_FILE
 from stream.core.scenario import Budget
 from stream.engine.config import MethodSpec, RunConfig
-from stream.engine.runner import run_stream
+from stream.engine.runner import RunProgress, run_stream
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET = Budget(max_train_examples=32, epochs=1, batch_size=16, max_eval_examples=24, max_dev_examples=16)
@@ -169,3 +169,15 @@ def test_numerics_are_recorded_and_a_resume_with_other_threads_warns(tiny_model_
     with caplog.at_level("WARNING"):
         run_stream(longer, tmp_path, progress=False)
     assert "other numerics" in caplog.text
+
+
+def test_overall_progress_counts_skipped_pairs_but_paces_only_trained_ones():
+    overall = RunProgress(total=4)
+    overall.skip()  # finished by an earlier process: no time of its own
+    assert "run 1/4 done" in overall.summary() and "left" not in overall.summary()
+    overall.finish(120.0)
+    assert "run 2/4 done" in overall.summary()
+    assert "about 4 min left" in overall.summary()  # 2 pairs left x 120 s each
+    overall.finish(60.0)
+    overall.finish(60.0)
+    assert overall.summary().startswith("run 4/4 done") and "left" not in overall.summary()

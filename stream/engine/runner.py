@@ -166,9 +166,40 @@ def _check_recorded_artifact(store: ArtifactStore, ledger: Ledger, label: str, s
                             "Restore it, or start a new run directory.")
 
 
+class RunProgress:
+    """A run's overall progress across its methods and arriving tasks, and an estimate of the time left.
+
+    The estimate is the remaining (method, task) pairs times the average wall time of the pairs trained so
+    far in this process (pairs a resumed run skips cost nothing and do not count): methods differ in cost
+    (diff pruning trains two stages), so it is a pace, not a promise, and it says so."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.trained, self.spent = total, 0, 0, 0.0
+        self.started = time.perf_counter()
+
+    def skip(self) -> None:
+        """A pair finished by an earlier process."""
+        self.done += 1
+
+    def finish(self, seconds: float) -> None:
+        """A pair trained and evaluated in this process, in ``seconds`` of wall time."""
+        self.done += 1
+        self.trained += 1
+        self.spent += seconds
+
+    def summary(self) -> str:
+        """``run 3/10 done, 4.2 min so far, about 9 min left at this run's pace so far``."""
+        text = f"run {self.done}/{self.total} done, {(time.perf_counter() - self.started) / 60:.1f} min so far"
+        left = self.total - self.done
+        if self.trained and left:
+            text += f", about {left * self.spent / self.trained / 60:.0f} min left at this run's pace so far"
+        return text
+
+
 def _run_method(spec: MethodSpec, sharing: Sharing, config: RunConfig, order: tuple[str, ...],
                 backbone: Backbone, builder: ArrivalBuilder, store: ArtifactStore, ledger: Ledger,
-                numerics: dict[str, Any], progress: bool, on_step: Callable[[int], Any] | None = None) -> None:
+                numerics: dict[str, Any], progress: bool, on_step: Callable[[int], Any] | None = None,
+                overall: RunProgress | None = None) -> None:
     label = spec.resolved_label
     tasks = {name: builder.task(name) for name in order}
     for step, task_name in enumerate(order, 1):
@@ -176,6 +207,8 @@ def _run_method(spec: MethodSpec, sharing: Sharing, config: RunConfig, order: tu
             _check_recorded_artifact(store, ledger, label, step, task_name)
             if on_step is not None:
                 on_step(step)
+            if overall is not None:
+                overall.skip()
             continue
         started = time.perf_counter()
         seconds: dict[str, float] = {}
@@ -243,9 +276,11 @@ def _run_method(spec: MethodSpec, sharing: Sharing, config: RunConfig, order: tu
         ledger.append_step(rows)
         if on_step is not None:
             on_step(step)
-        logger.info("%s step %d/%d %s: score %.2f, %d bytes (cumulative %d), train %.1fs", label, step,
+        if overall is not None:
+            overall.finish(info["seconds"]["wall"])
+        logger.info("%s step %d/%d %s: score %.2f, %d bytes (cumulative %d), train %.1fs%s", label, step,
                     len(order), task_name, results[task_name][1], info["artifact_bytes"],
-                    info["cumulative_bytes"], seconds["train"])
+                    info["cumulative_bytes"], seconds["train"], "" if overall is None else " | " + overall.summary())
 
 
 def run_numerics(config: RunConfig, backbone: Backbone) -> dict[str, Any]:
@@ -324,6 +359,7 @@ def _run_methods(config: RunConfig, run_dir: Path, backbone: Backbone, builder: 
     store = ArtifactStore(run_dir / ARTIFACTS_DIR)
     ledger = Ledger(run_dir / LEDGER_FILE)
     _warn_if_numerics_changed(ledger, numerics)
+    overall = RunProgress(len(config.methods) * len(order))
     for spec in config.methods:
         method = spec.build(backbone)
         log = None
@@ -333,7 +369,7 @@ def _run_methods(config: RunConfig, run_dir: Path, backbone: Backbone, builder: 
             log = run_log(run_dir, spec.resolved_label, config.avalanche_loggers, method, builder, order, store,
                           ledger, backbone, eval_batch_size=config.budget.eval_batch_size)
         _run_method(spec, method.sharing, config, order, backbone, builder, store, ledger, numerics, progress,
-                    on_step=None if log is None else log.record)
+                    on_step=None if log is None else log.record, overall=overall)
         if log is not None:
             log.close()
     return RunSummary(run_dir=run_dir, ledger_path=ledger.path, order=order)

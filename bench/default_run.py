@@ -36,19 +36,23 @@ OUT = REPO / "bench" / "results" / "default_run"
 
 
 def final_scores(run_dir: Path) -> list[dict]:
-    """One record per (method, task): the task's score after the method's last step, and its chance score."""
+    """One record per (method, task): the task's score after the method's last step and its chance score,
+    with the bytes and training seconds of the step at which the task arrived."""
     rows = read_ledger(run_dir)
-    last_step = {}
+    last_step: dict[str, int] = {}
+    arrival = {}
     for row in rows:
         last_step[row["method"]] = max(last_step.get(row["method"], 0), row["step"])
+        if row["eval_task"] == row["task"]:
+            arrival[row["method"], row["task"]] = row
     records = []
     for row in rows:
         if row["step"] != last_step[row["method"]]:
             continue
+        arrived = arrival[row["method"], row["eval_task"]]
         records.append({"method": row["method"], "task": row["eval_task"], "score": row["score"],
                         "chance": row.get("chance_score"), "noise_band": row.get("noise_band"),
-                        "bytes": row["artifact_bytes"] if row["eval_task"] == row["task"] else None,
-                        "cumulative_bytes": row["cumulative_bytes"], "train_seconds": row["seconds"].get("train")})
+                        "bytes": arrived["artifact_bytes"], "train_seconds": arrived["seconds"].get("train")})
     return sorted(records, key=lambda r: (r["method"], r["task"]))
 
 
@@ -97,7 +101,7 @@ def markdown(records: list[dict], timing: dict, min_margin: float) -> str:
         margin = "n/a" if r["margin"] is None else f"{r['margin']:+.1f}"
         band = "n/a" if r["noise_band"] is None else f"{r['noise_band']:.1f}"
         chance = "n/a" if r["chance"] is None else f"{r['chance']:.1f}"
-        stored = "" if r["bytes"] is None else f"{r['bytes']:,}"
+        stored = f"{r['bytes']:,}"
         seconds = "" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
         lines.append(f"| {r['method']} | {r['task']} | {r['score']:.1f} | {chance} | {band} | {margin} | "
                      f"{'yes' if r['clear'] else '**no**'} | {stored} | {seconds} |")
@@ -118,21 +122,27 @@ def main(argv: list[str] | None = None) -> int:
     scratch = None
     if args.analyse_only is not None:
         run_dir = args.analyse_only
+        previous = args.out.with_suffix(".json")
+        if previous.exists():  # keep the wall time measured when this very run was made
+            recorded = json.loads(previous.read_text(encoding="utf-8")).get("timing", {})
+            if recorded.get("run_dir") == str(run_dir.resolve()):
+                timing = recorded
     else:
         if args.keep is not None and args.keep.exists():
             parser.error(f"--keep {args.keep} exists; a timing needs a fresh run directory")
         run_dir = args.keep or Path(scratch := tempfile.mkdtemp(prefix="default-run-")) / "run"
         wall, before, after = run_default(run_dir, args.data_dir)
-        timing = {"wall_seconds": wall, "load_before": before, "load_after": after}
+        timing = {"wall_seconds": wall, "load_before": before, "load_after": after,
+                  "run_dir": str(run_dir.resolve())}
     records = check_margins(final_scores(run_dir), args.min_margin)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(markdown(records, timing, args.min_margin), encoding="utf-8")
     args.out.with_suffix(".json").write_text(json.dumps({"timing": timing, "min_margin": args.min_margin,
                                                          "scores": records}, indent=2) + "\n", encoding="utf-8")
-    figure = run_dir / "figures" / "pareto.png"
+    figure = run_dir / "figures" / "score_vs_storage.png"
     if figure.exists():
         shutil.copyfile(figure, args.out.with_suffix(".png"))
-    print(args.out.with_suffix(".md").read_text(encoding="utf-8"))
+    print(args.out.with_suffix(".md").read_text(encoding="utf-8"), end="")
     if scratch is not None:
         shutil.rmtree(scratch)
     failed = [f"{r['method']} on {r['task']}" for r in records if not r["clear"]]

@@ -46,7 +46,8 @@ def stage_rows(table) -> list[dict]:
         target = float(sidecar["config"]["target_density"])
         projection = stage1.get("projection", {})
         records.append({
-            "method": record["method"], "task": record["task"], "target": target,
+            "run": os.path.basename(record["run"]), "method": record["method"], "task": record["task"],
+            "target": target,
             "stage1_density": float(stage1["density"]),
             "open_fraction": stage1.get("open_fraction"), "expected_density": stage1.get("expected_density"),
             "control": stage1.get("control", "fixed"), "kept": projection.get("kept"),
@@ -55,15 +56,15 @@ def stage_rows(table) -> list[dict]:
             "stage3_dev": (meta.get("finetune_stage") or {}).get("best_dev_score"),
             "test": record["score"], "steps": record["train_steps"],
         })
-    return sorted(records, key=lambda r: (r["method"], r["task"]))
+    return sorted(records, key=lambda r: (r["method"], r["task"], r["run"]))
 
 
 def markdown(records: list[dict], sources: list[str]) -> str:
     """The results page."""
     lines = ["# Diff pruning: the density its L0 stage reaches, per task", "",
              "Made by `bench/diff_pruning_density.py` from: " + ", ".join(f"`{s}`" for s in sources) + ".", "",
-             "| method | task | control | target | stage-1 density | open gates | kept / k | stage-1 dev | "
-             "stage-3 dev | test | steps |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| run | method | task | control | target | stage-1 density | open gates | kept / k | stage-1 dev | "
+             "stage-3 dev | test | steps |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def pct(value):
         return "n/a" if value is None else f"{100 * value:.3f}%"
@@ -73,7 +74,7 @@ def markdown(records: list[dict], sources: list[str]) -> str:
 
     for r in records:
         kept = "n/a" if r["kept"] is None else f"{r['kept']:,} / {r['k']:,}"
-        lines.append(f"| {r['method']} | {r['task']} | {r['control']} | {pct(r['target'])} | "
+        lines.append(f"| {r['run']} | {r['method']} | {r['task']} | {r['control']} | {pct(r['target'])} | "
                      f"{pct(r['stage1_density'])} | {pct(r['open_fraction'])} | {kept} | {score(r['stage1_dev'])} | "
                      f"{score(r['stage3_dev'])} | {score(r['test'])} | {r['steps']} |")
     lines += ["", "Stage-1 density: the nonzero fraction of the diff under the evaluation gates in the state the L0 "

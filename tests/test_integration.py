@@ -27,8 +27,9 @@ def test_real_backbone_two_tasks_run_plot_report(tmp_path):
     backbone_bytes = rows[0]["backbone_bytes"]
     assert rows[0]["backbone_params"] == 22_565_376  # MiniLM-L6 without its unused pooler
     full1, full2 = by[("full", 1, "rte")], by[("full", 2, "sst2")]
-    # Full finetuning stores a whole model per task and shares nothing: S(t) = t x model.
-    assert full1["artifact_bytes"] > backbone_bytes
+    # Full finetuning stores a whole model per task and shares nothing: S(t) = t x model. (The backbone's
+    # bytes are its files on disk, tokenizer included, so they are compared with the fp32 weights instead.)
+    assert full1["artifact_bytes"] > 4 * rows[0]["backbone_params"]
     assert full2["cumulative_bytes"] == full1["artifact_bytes"] + full2["artifact_bytes"]
     assert full2["total_params_multiplier"] == pytest.approx(2.0, rel=0.01)
     # Last-layer tuning stores one block plus a head: S(t) = model + t x (block + head).

@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print("Not clearly above chance: " + ", ".join(failed), file=sys.stderr)
     if too_slow:
-        print(f"The default run took {timing['wall_seconds'] / 60:.1f} min, over {args.max_minutes:g}.", file=sys.stderr)
+        print(f"The default run took {timing['wall_seconds'] / 60:.1f} min, over {args.max_minutes:g}.",
+              file=sys.stderr)
     return 1 if failed or too_slow else 0
 
 

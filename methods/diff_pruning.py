@@ -73,8 +73,8 @@ through ``torch.func.functional_call``, so the backbone is never copied while tr
 costs one (N,) allocation and autograd keeps two (N,) tensors for it; the fixed penalty's expected L0 is
 built before the encoder runs and checkpointed, so nothing (N,)-sized waits for its backward; the
 controller's step is a few elementwise passes over the (N,) gates and a quantile of a strided sample;
-the shared loop uses the fused AdamW kernel and releases gradients right after each optimizer step. Stage 3 trains only the k values.
-bench/step_cost.py measures step time and peak memory against full finetuning.
+the shared loop uses the fused AdamW kernel and releases gradients right after each optimizer step.
+Stage 3 trains only the k values. bench/step_cost.py measures step time and peak memory against full finetuning.
 """
 
 from __future__ import annotations

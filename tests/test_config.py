@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from stream.core.errors import ConfigError
-from stream.engine.config import MethodSpec, RunConfig, config_differences, load_config_file
+from stream.engine.config import DEFAULT_METHODS, MethodSpec, RunConfig, config_differences, load_config_file
 
 
 def test_method_spec_parses_options_and_labels_variants():
@@ -101,3 +103,12 @@ def test_config_differences_name_the_fields():
     a = RunConfig(tasks=("rte",)).to_dict()
     b = RunConfig(tasks=("rte",), seed=1, device="cpu").to_dict()
     assert config_differences(a, b) == ["seed: 0 -> 1"]
+
+
+def test_the_paper_scale_preset_is_the_default_methods_on_five_tasks_at_400_steps():
+    preset = Path(__file__).resolve().parents[1] / "configs" / "paper_stream.toml"
+    config = RunConfig.from_dict(load_config_file(preset))
+    assert config.tasks == ("cola", "sst2", "mrpc", "stsb", "rte")
+    assert tuple(m.name for m in config.methods) == DEFAULT_METHODS
+    assert all(config.budget_for(t).max_steps == 400 for t in config.tasks)
+    assert config.budget_for("sst2").max_train_examples == 20000 and config.budget_for("rte").max_train_examples is None

@@ -8,7 +8,7 @@ stage 1 of diff pruning ended at (the adaptive selection only means something wh
 projection, chose the entries).
 
     taskstream sweep bench/studies/adaptive_vs_nonadaptive.toml --data-dir ../shared/glue --workers 2 --threads 1
-    python bench/adaptive_vs_nonadaptive.py runs/adaptive_vs_nonadaptive
+    python -m bench.adaptive_vs_nonadaptive runs/adaptive_vs_nonadaptive
 
 The difference is reported whether it favours adaptive selection or not.
 """
@@ -21,13 +21,12 @@ import math
 import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from bench.common import REPO, write_results  # first: offline Hugging Face defaults
 
 from scipy import stats  # noqa: E402
 
 from analysis.tables import load_ledger  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results" / "adaptive_vs_nonadaptive"
 ADAPTIVE, BASELINE = "diff_pruning", "diff_pruning_nonadaptive"
 
@@ -104,11 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     if not records:
         parser.error(f"{args.study}: no (task, seed) that both {ADAPTIVE} and {BASELINE} finished")
     summary = summarise(records)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     source = os.path.relpath(args.study, args.out.parent)
-    args.out.with_suffix(".md").write_text(markdown(records, summary, source), encoding="utf-8")
-    args.out.with_suffix(".json").write_text(json.dumps({"per_seed": records, "summary": summary}, indent=2) + "\n",
-                                             encoding="utf-8")
+    write_results(args.out, markdown(records, summary, source), {"per_seed": records, "summary": summary})
     print(args.out.with_suffix(".md").read_text(encoding="utf-8"))
 
 

@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from bench.common import REPO  # first: offline Hugging Face defaults
 
 import matplotlib  # noqa: E402
 
@@ -38,7 +36,6 @@ from analysis.tables import load_ledger  # noqa: E402
 from stream.core.scenario import ArrivalBuilder  # noqa: E402
 from stream.engine.config import RunConfig, resolve_tasks  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results" / "budget_study"
 
 

@@ -7,8 +7,8 @@ and checks that every method ends clearly above every task's chance score: a mar
 ``--min-margin`` points (default 5), or one above the noise band the ledger states for that task. It writes
 ``bench/results/default_run.{md,json}`` and copies the report's storage-vs-accuracy figure beside them.
 
-    python bench/default_run.py --data-dir ../shared/glue            # run, time, check
-    python bench/default_run.py --data-dir ../shared/glue --analyse-only runs/default   # check a finished run
+    python -m bench.default_run --data-dir ../shared/glue            # run, time, check
+    python -m bench.default_run --data-dir ../shared/glue --analyse-only runs/default   # check a finished run
 
 The exit code is 1 when a method fails the margin check or the run exceeds ``--max-minutes``, so the
 script can gate a change to the defaults.
@@ -26,12 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from bench.common import REPO, write_results  # first: offline Hugging Face defaults
 
 from stream.core.ledger import read_ledger  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results" / "default_run"
 
 
@@ -135,10 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         timing = {"wall_seconds": wall, "load_before": before, "load_after": after,
                   "run_dir": str(run_dir.resolve())}
     records = check_margins(final_scores(run_dir), args.min_margin)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text(markdown(records, timing, args.min_margin), encoding="utf-8")
-    args.out.with_suffix(".json").write_text(json.dumps({"timing": timing, "min_margin": args.min_margin,
-                                                         "scores": records}, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, markdown(records, timing, args.min_margin),
+                  {"timing": timing, "min_margin": args.min_margin, "scores": records})
     figure = run_dir / "figures" / "score_vs_storage.png"
     if figure.exists():
         shutil.copyfile(figure, args.out.with_suffix(".png"))

@@ -6,7 +6,7 @@ magnitude projection then did) and writes ``bench/results/diff_pruning_density.{
 the target, the density stage 1 ended at under the evaluation gates, how many entries the projection kept
 against the k it may keep, and the dev scores of stage 1 and of fixed-mask finetuning.
 
-    python bench/diff_pruning_density.py runs/default_probe [more runs or studies]
+    python -m bench.diff_pruning_density runs/default_probe [more runs or studies]
 
 A stage-1 density near the target means the controller did the pruning and the projection only trimmed; a
 density far above it means the projection, not the L0 stage, chose the mask (what the paper's fixed penalty
@@ -20,12 +20,11 @@ import json
 import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from bench.common import REPO  # first: offline Hugging Face defaults
 
 from analysis.diff_stages import density_traces, plot_density_traces  # noqa: E402
 from analysis.tables import load_ledger  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results" / "diff_pruning_density"
 
 

@@ -38,6 +38,16 @@ def layer_of(name: str) -> str:
     return match.group(1) if match else name.split(".", 1)[0]
 
 
+def _single_kind(encoder: nn.Module, named: list, needs: str) -> tuple[torch.dtype, torch.device]:
+    """The one (dtype, device) every parameter of ``encoder`` shares; a ConfigError starting ``needs`` if not."""
+    kinds = {(p.dtype, p.device) for _, p in named}
+    if len(kinds) != 1:
+        raise ConfigError(f"{needs} an encoder whose parameters share one dtype and device; "
+                          f"{type(encoder).__name__} has {sorted(map(str, kinds))}. Convert the backbone to one "
+                          "dtype first.")
+    return kinds.pop()
+
+
 class FlatLayout:
     """Where each parameter of an encoder sits in one flat (N,) vector, in ``named_parameters`` order.
 
@@ -47,11 +57,7 @@ class FlatLayout:
 
     def __init__(self, encoder: nn.Module) -> None:
         named = list(encoder.named_parameters())
-        kinds = {(p.dtype, p.device) for _, p in named}
-        if len(kinds) != 1:
-            raise ConfigError(f"A flat parameter layout needs an encoder whose parameters share one dtype and "
-                              f"device; {type(encoder).__name__} has {sorted(map(str, kinds))}. Convert the "
-                              "backbone to one dtype first.")
+        _single_kind(encoder, named, "A flat parameter layout needs")
         self.names: tuple[str, ...] = tuple(name for name, _ in named)
         self.shapes: tuple[torch.Size, ...] = tuple(p.shape for _, p in named)
         self.sizes: tuple[int, ...] = tuple(p.numel() for _, p in named)
@@ -142,12 +148,7 @@ class FlatWeights:
 
     def __init__(self, encoder: nn.Module) -> None:
         named = list(encoder.named_parameters())
-        kinds = {(p.dtype, p.device) for _, p in named}
-        if len(kinds) != 1:
-            raise ConfigError(f"Flat weights need an encoder whose parameters share one dtype and device; "
-                              f"{type(encoder).__name__} has {sorted(map(str, kinds))}. Convert the backbone to "
-                              "one dtype first.")
-        dtype, device = kinds.pop()
+        dtype, device = _single_kind(encoder, named, "Flat weights need")
         align = max(1, self.ALIGN_BYTES // torch.empty((), dtype=dtype).element_size())
         offsets, end = {}, 0
         for name, p in named:

@@ -285,7 +285,9 @@ class RunConfig:
             if task not in self.tasks:
                 raise ConfigError(f"task_budgets names {task!r}, which is not in tasks {list(self.tasks)}.")
             self.budget.updated(dict(overrides))
-        if isinstance(self.avalanche_loggers, str) or len(set(self.avalanche_loggers)) != len(self.avalanche_loggers):
+        if (isinstance(self.avalanche_loggers, str)
+                or not all(isinstance(name, str) for name in self.avalanche_loggers)
+                or len(set(self.avalanche_loggers)) != len(self.avalanche_loggers)):
             raise ConfigError(f"RunConfig.avalanche_loggers must be a list of distinct logger names; "
                               f"got {self.avalanche_loggers!r}.")
         for name in self.avalanche_loggers:

@@ -41,7 +41,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from methods.core.backbone import load_backbone, native_bf16  # noqa: E402
-from methods.core.base import Method, build_method  # noqa: E402
+from methods.core.base import Method  # noqa: E402
+from methods.registry import build_method  # noqa: E402
 from stream.engine.config import RunConfig, resolve_tasks  # noqa: E402
 from stream.core.scenario import ArrivalBuilder, Budget  # noqa: E402
 

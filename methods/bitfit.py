@@ -17,28 +17,21 @@ all-MiniLM-L6-v2 with a short budget (SST-2, 32 steps) 1e-3 under-trains and 1e-
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from methods.core.base import Method, TrainedTask, register_method
-from methods.core.config import MethodConfig
+from methods.configs.bitfit import BitFitConfig
+from methods.core.base import Method, TrainedTask
 from methods.core.patches import AssignValues, ServingPatch
 from methods.core.task_model import TaskModel, head_state, load_head
 from methods.core.training import decay_groups
+from methods.registry import register_method
 from stream.core.errors import ArtifactError
 from stream.core.ledger import Sharing
 from stream.core.store import ArtifactPayload
 
 BIAS_KEY = "bias.values"
-
-
-@dataclass(frozen=True, kw_only=True)
-class BitFitConfig(MethodConfig):
-    """Options of :class:`BitFitMethod`: the shared ones, with a large learning rate (see the module docstring)."""
-
-    learning_rate: float = 3e-3
 
 
 def bias_parameters(encoder: nn.Module) -> dict[str, nn.Parameter]:

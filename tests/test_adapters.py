@@ -17,7 +17,7 @@ from methods.adapters import (
     sublayer_outputs,
 )
 from methods.core.backbone import backbone_from_module
-from methods.core.base import build_method
+from methods.registry import build_method
 from stream.core.errors import ArtifactError, ConfigError
 from stream.core.scenario import ArrivalBuilder, Budget
 from stream.core.store import ArtifactKey, ArtifactStore, LoadedArtifact

@@ -7,7 +7,7 @@ import torch
 
 from methods.bitfit import BIAS_KEY, bias_parameters
 from methods.core.backbone import state_fingerprint
-from methods.core.base import build_method
+from methods.registry import build_method
 from stream.core.errors import ArtifactError
 from stream.core.scenario import ArrivalBuilder, Budget
 from stream.core.store import ArtifactKey, ArtifactStore, LoadedArtifact

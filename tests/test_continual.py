@@ -18,7 +18,7 @@ import torch
 
 pytest.importorskip("avalanche")
 
-from methods.core.base import build_method  # noqa: E402
+from methods.registry import build_method  # noqa: E402
 from stream.engine.config import MethodSpec, RunConfig  # noqa: E402
 from stream.core.errors import ArtifactError  # noqa: E402
 from stream.engine.runner import run_stream  # noqa: E402
@@ -178,7 +178,7 @@ def test_a_foreign_previous_artifact_is_refused(tiny_backbone, glue_dir, tmp_pat
 
 
 def test_registering_and_configuring_them_does_not_import_avalanche():
-    code = ("import sys; from methods.core.base import registered_methods, get_method_class; registered_methods(); "
+    code = ("import sys; from methods.registry import registered_methods, get_method_class; registered_methods(); "
             "get_method_class('ewc').config_class.from_options({'ewc_lambda': 10.0}); "
             "assert 'avalanche' not in sys.modules, 'avalanche imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env={"PYTHONPATH": str(REPO)}, check=True)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from methods.core.base import Method, build_method
+from methods.core.base import Method
+from methods.registry import build_method
 from methods.core.codecs import positions_lower_bound_bits, unpack_sparse_tensors
 from methods.core.flat_params import FlatLayout, FunctionalEncoder, layer_of
 from methods.core.hard_concrete import HardConcrete

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.core.base import build_method
+from methods.registry import build_method
 from methods.ia3 import Ia3Config, Ia3Method
 from stream.core.errors import ConfigError
 from stream.core.scenario import ArrivalBuilder, Budget

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from methods.core.base import build_method
+from methods.registry import build_method
 from methods.core.peft_tuner import linear_layer_names, resolve_targets
 from methods.lora import LoraConfig, LoraMethod
 from stream.core.errors import ArtifactError, ConfigError
@@ -160,7 +160,7 @@ def test_target_modules_accept_a_list_or_a_plus_joined_string():
 
 
 def test_peft_is_imported_only_when_lora_is_used():
-    code = ("import sys; from methods.core.base import get_method_class; "
+    code = ("import sys; from methods.registry import get_method_class; "
             "[get_method_class(m) for m in ('adapters', 'full', 'last_layer')]; "
             "assert 'peft' not in sys.modules, 'peft imported without lora'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True,

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from methods.core.backbone import load_backbone, state_fingerprint
-from methods.core.base import build_method
+from methods.registry import build_method
 from methods.core.codecs import unpack_masks
 from methods.masking import ScoreMask, binarize, init_scores
 from stream.core.errors import ArtifactError, ConfigError

@@ -16,7 +16,7 @@ import json
 import pytest
 import torch
 
-from methods.core.base import build_method, registered_methods
+from methods.registry import build_method, registered_methods
 from stream.core.ledger import Sharing
 from stream.core.scenario import ArrivalBuilder, Budget
 from stream.core.store import ArtifactKey, ArtifactStore

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from methods.core.backbone import load_backbone, state_fingerprint
-from methods.core.base import build_method
+from methods.registry import build_method
 from methods.core.flat_params import flat_weights
 from methods.core.patches import AddAtPositions, AssignValues, Edit, ServingPatch, ZeroAtPositions
 from methods.core.task_model import TaskHead

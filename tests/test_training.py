@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 import torch
 
-from methods.core.base import build_method
+from methods.registry import build_method
 from methods.core.task_model import TaskModel
 from methods.core.training import decay_groups, fit
 from stream.core.scenario import ArrivalBuilder, Budget, eval_rows

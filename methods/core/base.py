@@ -1,20 +1,15 @@
-"""The one interface every method implements, and the method registry.
+"""The one interface every method implements.
 
 A method turns an arriving task into (a) a task model it can evaluate and (b) an artifact payload: the
 tensors and metadata that, written to a file and read back, let :meth:`Method.load` rebuild that model
 from the shared backbone alone. The arrival loop only ever evaluates models rebuilt by ``load``.
 
-Adding a method: one module under ``methods/`` with a ``XxxConfig`` dataclass (a subclass of
-:class:`~methods.core.config.MethodConfig`) and a ``@register_method`` ``XxxMethod`` class, one line in
-``BUILTIN_METHODS`` below (its registration: name -> module, imported only when the method is used), and a
-row in the method-wide test matrix (``tests/method_matrix.py``).
+The registry of methods by name, and how to add one, is :mod:`methods.registry`.
 """
 
 from __future__ import annotations
 
 import abc
-import importlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -26,34 +21,12 @@ from methods.core.training import FitResult, decay_groups, fit
 from stream.core.errors import ConfigError
 from stream.core.ledger import Sharing
 from stream.core.store import ArtifactPayload, LoadedArtifact
-from stream.core.validation import unknown_name_error
 
 if TYPE_CHECKING:
     from methods.core.backbone import Backbone
     from methods.core.patches import ServingPatch
     from stream.core.scenario import Arrival
     from stream.core.tasks import TaskSpec
-
-# Built-in methods: registry name -> module under methods/ whose import registers it. Modules are imported
-# on first use, so a run that does not use a heavy method (Avalanche, peft) does not import its library.
-BUILTIN_METHODS = {
-    "full": "full",
-    "last_layer": "last_layer",
-    "linear_probe": "last_layer",
-    "adapters": "adapters",
-    "bitfit": "bitfit",
-    "lora": "lora",
-    "ia3": "ia3",
-    "masking": "masking",
-    "diff_pruning": "diff_pruning",
-    "diff_pruning_unstructured": "diff_pruning",
-    "diff_pruning_nonadaptive": "diff_pruning",
-    "sequential": "continual",
-    "ewc": "continual",
-    "lwf": "continual",
-    "replay": "continual",
-}
-
 
 @dataclass
 class TrainedTask:
@@ -150,41 +123,3 @@ class Method(abc.ABC):
         server rebuilds the model with :meth:`load` at every switch (full finetuning, evolving methods).
         """
         return None
-
-
-_REGISTRY: dict[str, type[Method]] = {}
-
-
-def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator adding a method to the registry under ``cls.name``; duplicates are refused."""
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name.isidentifier():
-        raise TypeError(f"{cls.__name__}.name must be an identifier string; got {name!r}")
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(f"A method named {name!r} is already registered ({_REGISTRY[name].__qualname__}).")
-    if not (isinstance(cls.config_class, type) and issubclass(cls.config_class, MethodConfig)):
-        raise TypeError(f"{cls.__name__}.config_class must subclass MethodConfig")
-    _REGISTRY[name] = cls
-    return cls
-
-
-def registered_methods() -> dict[str, type[Method]]:
-    """Every registered method class by name (imports every built-in method module)."""
-    for module in dict.fromkeys(BUILTIN_METHODS.values()):
-        importlib.import_module(f"methods.{module}")
-    return dict(_REGISTRY)
-
-
-def get_method_class(name: str) -> type[Method]:
-    """The method class registered as ``name``; an unknown name lists the registered ones."""
-    if name not in _REGISTRY and name in BUILTIN_METHODS:
-        importlib.import_module(f"methods.{BUILTIN_METHODS[name]}")
-    if name not in _REGISTRY:
-        raise unknown_name_error("method", name, set(BUILTIN_METHODS) | set(_REGISTRY))
-    return _REGISTRY[name]
-
-
-def build_method(name: str, options: Mapping[str, Any], backbone: Backbone) -> Method:
-    """Instantiate a registered method from user options (validated by its config class)."""
-    cls = get_method_class(name)
-    return cls(cls.config_class.from_options(options), backbone)

@@ -55,11 +55,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from methods.core.config import VALUE_DTYPE_NAMES
 from stream.core.errors import ArtifactError
 from stream.core.validation import check_choice
 
 POSITION_SCHEMES = ("empty", "full", "plain", "varint", "bitmap", "ef")
-VALUE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+VALUE_DTYPES = {name: getattr(torch, name) for name in VALUE_DTYPE_NAMES}
 SPARSE_FORMAT = "taskstream.sparse.v1"
 MASKS_FORMAT = "taskstream.masks.v1"
 _VARINT_MAX_BYTES = 10  # ceil(64 / 7): enough for any gap below 2**64

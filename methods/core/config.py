@@ -1,7 +1,9 @@
-"""The options every method has: the base class of each method's ``XxxConfig``.
+"""The options every method has: the base class of each method's ``XxxConfig``, and of every peft tuner's.
 
 The shared training loop (:func:`methods.core.training.fit`) reads these fields, which is why they live below
-both the loop and the method interface.
+both the loop and the method interface. Nothing here imports torch, so a run's options are checked before
+torch loads (the names of learning-rate schedules and stored value dtypes are here for the same reason; the
+loop and the codecs implement them).
 """
 
 from __future__ import annotations
@@ -13,6 +15,11 @@ from typing import Any
 
 from stream.core.errors import ConfigError
 from stream.core.validation import check_real
+
+#: Learning-rate schedules the training loop implements (methods.core.training).
+SCHEDULES = ("linear", "constant")
+#: Precisions a sparse codec can store values in (methods.core.codecs maps them to torch dtypes).
+VALUE_DTYPE_NAMES = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,3 +65,41 @@ class MethodConfig:
             raise ConfigError(f"Unknown option(s) {', '.join(map(repr, unknown))} for {cls.__name__}. "
                               f"Valid: {', '.join(sorted(valid))}.")
         return cls(**options)
+
+
+def module_names(owner: str, field: str, value: Any) -> tuple[str, ...]:
+    """Normalise a list of module names, or a ``"query+value"`` string, to a tuple; ConfigError otherwise.
+
+    The error names ``owner.field``; names must be non-empty, must not start or end with a dot, and must not
+    repeat.
+    """
+    names = value.split("+") if isinstance(value, str) else value
+    names = (tuple(n.strip() for n in names)
+             if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names) else None)
+    if not names or any(not n or n.startswith(".") or n.endswith(".") for n in names):
+        raise ConfigError(f"{owner}.{field} must be one or more module names, as a list or joined "
+                          f"with '+' (for example 'query+value'); got {value!r}.")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{owner}.{field} must not repeat a name; got {list(names)}.")
+    return names
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeftTunerConfig(MethodConfig):
+    """Options every peft tuner has.
+
+    Attributes:
+        target_modules: names of the encoder's linear layers to adapt: a module path or its last
+            components (``query`` matches every block's ``attention.self.query``;
+            ``attention.output.dense`` only the attention output projections). In a run's option
+            string, join several with ``+`` (``lora:target_modules=query+key+value``). Checked against
+            the encoder's module names when the method is built.
+    """
+
+    target_modules: tuple[str, ...] = ("query", "value")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # normalised once; the dataclass stays frozen
+        object.__setattr__(self, "target_modules",
+                           module_names(type(self).__name__, "target_modules", self.target_modules))

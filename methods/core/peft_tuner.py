@@ -21,7 +21,6 @@ from __future__ import annotations
 import abc
 import difflib
 import logging
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import peft
@@ -30,7 +29,7 @@ from torch import nn
 
 from methods.core.backbone import transformer_blocks
 from methods.core.base import Method, TrainedTask
-from methods.core.config import MethodConfig
+from methods.core.config import PeftTunerConfig
 from methods.core.patches import ServingPatch, SwapModules, shared_skeleton
 from methods.core.task_model import HEAD_PREFIX, TaskModel, head_state, load_head
 from methods.core.training import decay_groups
@@ -42,44 +41,6 @@ logger = logging.getLogger(__name__)
 
 # Added to the task's seed so a tuner's random init (LoRA's A) does not draw the head's numbers.
 _INIT_SEED_OFFSET = 1_000_003
-
-
-def module_names(owner: str, field: str, value: Any) -> tuple[str, ...]:
-    """Normalise a list of module names, or a ``"query+value"`` string, to a tuple; ConfigError otherwise.
-
-    The error names ``owner.field``; names must be non-empty, must not start or end with a dot, and must not
-    repeat.
-    """
-    names = value.split("+") if isinstance(value, str) else value
-    names = (tuple(n.strip() for n in names)
-             if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names) else None)
-    if not names or any(not n or n.startswith(".") or n.endswith(".") for n in names):
-        raise ConfigError(f"{owner}.{field} must be one or more module names, as a list or joined "
-                          f"with '+' (for example 'query+value'); got {value!r}.")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{owner}.{field} must not repeat a name; got {list(names)}.")
-    return names
-
-
-@dataclass(frozen=True, kw_only=True)
-class PeftTunerConfig(MethodConfig):
-    """Options every peft tuner has.
-
-    Attributes:
-        target_modules: names of the encoder's linear layers to adapt: a module path or its last
-            components (``query`` matches every block's ``attention.self.query``;
-            ``attention.output.dense`` only the attention output projections). In a run's option
-            string, join several with ``+`` (``lora:target_modules=query+key+value``). Checked against
-            the encoder's module names when the method is built.
-    """
-
-    target_modules: tuple[str, ...] = ("query", "value")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        # normalised once; the dataclass stays frozen
-        object.__setattr__(self, "target_modules",
-                           module_names(type(self).__name__, "target_modules", self.target_modules))
 
 
 def linear_layer_names(encoder: nn.Module) -> list[str]:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from methods.core.config import MethodConfig
+from methods.core.config import SCHEDULES, MethodConfig
 from stream.core.metrics import compute_metrics, task_score
 from stream.core.scenario import Budget
 from stream.core.tasks import TaskSpec
@@ -131,9 +131,6 @@ def _constant(step: int) -> float:
 
 
 #: Learning-rate schedules a parameter group may ask for with its ``schedule`` key.
-SCHEDULES = ("linear", "constant")
-
-
 def autocast(device: torch.device, precision: str):
     """The autocast context of a training forward pass: a no-op for ``fp32``, else ``bf16``/``fp16`` autocast."""
     if precision not in PRECISIONS:

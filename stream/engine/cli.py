@@ -313,7 +313,7 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_methods(args) -> int:
-    from methods.core.base import registered_methods
+    from methods.registry import registered_methods
 
     for name, cls in registered_methods().items():
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from methods.core.backbone import DEFAULT_BACKBONE, POOLINGS, Backbone
-from methods.core.base import Method, get_method_class
+from methods.core.base import Method
+from methods.registry import get_method_class
 from methods.core.config import MethodConfig
 from stream.core.errors import ConfigError
 from stream.core.scenario import Budget

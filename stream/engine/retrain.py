@@ -54,7 +54,7 @@ def forget_task(run_dir: str | Path, method: str, task: str) -> tuple[RunConfig,
     order = resolve_order(config.tasks, config.order_seed)
     if task not in order:
         raise unknown_name_error("task", task, order)
-    from methods.core.base import get_method_class
+    from methods.registry import get_method_class
 
     sharing = get_method_class(labels[method].name).sharing
     step = order.index(task) + 1

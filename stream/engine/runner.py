@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from methods.core.backbone import Backbone, load_backbone, resolve_precision
-from methods.core.base import Method, get_method_class
+from methods.core.base import Method
+from methods.registry import get_method_class
 from methods.core.training import evaluate
 from stream.core.errors import ArtifactError, ConfigError, RunDirectoryError
 from stream.core.ledger import Ledger, Sharing, cumulative_bytes, params_multiplier

@@ -1,0 +1,14 @@
+"""Options of BitFit (:mod:`methods.bitfit`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from methods.core.config import MethodConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class BitFitConfig(MethodConfig):
+    """Options of :class:`BitFitMethod`: the shared ones, with a large learning rate (see the module docstring)."""
+
+    learning_rate: float = 3e-3

@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class BuiltinMethod:
-    """What is known of a built-in method before its module is imported.
+class MethodInfo:
+    """What is known of a method without importing its module (for a built-in one).
 
     Attributes:
         module: the module under ``methods/`` whose import registers the method.
@@ -55,50 +55,56 @@ class BuiltinMethod:
     sharing: Sharing
     summary: str
 
+    @classmethod
+    def of(cls, method: type[Method]) -> MethodInfo:
+        """The info of an imported method class (what a built-in entry must equal)."""
+        module = method.__module__.removeprefix("methods.")
+        return cls(module, method.config_class, method.sharing, (method.__doc__ or "").strip().split("\n")[0])
+
 
 _SHARED, _STANDALONE, _EVOLVING = Sharing.SHARED_BACKBONE, Sharing.STANDALONE, Sharing.EVOLVING
 
-BUILTIN_METHODS: dict[str, BuiltinMethod] = {
-    "full": BuiltinMethod("full", FullConfig, _STANDALONE, "Finetune the whole encoder and a task head."),
-    "last_layer": BuiltinMethod(
+BUILTIN_METHODS: dict[str, MethodInfo] = {
+    "full": MethodInfo("full", FullConfig, _STANDALONE, "Finetune the whole encoder and a task head."),
+    "last_layer": MethodInfo(
         "last_layer", LastLayerConfig, _SHARED,
         "Train the top ``k`` transformer blocks and a task head; store those blocks and the head."),
-    "linear_probe": BuiltinMethod(
+    "linear_probe": MethodInfo(
         "last_layer", LinearProbeConfig, _SHARED,
         "Head only (k=0): a linear probe on the frozen backbone's pooled output."),
-    "adapters": BuiltinMethod(
+    "adapters": MethodInfo(
         "adapters", AdaptersConfig, _SHARED,
         "Houlsby bottleneck adapters in every sublayer; adapters, LayerNorms and head train."),
-    "bitfit": BuiltinMethod(
+    "bitfit": MethodInfo(
         "bitfit", BitFitConfig, _SHARED, "Train the encoder's biases and a task head; store the biases densely."),
-    "lora": BuiltinMethod(
+    "lora": MethodInfo(
         "lora", LoraConfig, _SHARED,
         "LoRA on chosen linear layers via peft; the A/B tensors and the head are stored per task."),
-    "ia3": BuiltinMethod(
+    "ia3": MethodInfo(
         "ia3", Ia3Config, _SHARED,
         "(IA)3 via peft: learned rescaling vectors on chosen linear layers; the vectors and the head are stored."),
-    "masking": BuiltinMethod(
+    "masking": MethodInfo(
         "masking", MaskingConfig, _SHARED,
         "Learn a binary mask over frozen weights of the upper blocks; store the masks (and the head)."),
-    "diff_pruning": BuiltinMethod(
+    "diff_pruning": MethodInfo(
         "diff_pruning", DiffPruningConfig, _SHARED,
         "Diff pruning: a sparse diff of every backbone weight per task (module docstring)."),
-    "diff_pruning_unstructured": BuiltinMethod(
+    "diff_pruning_unstructured": MethodInfo(
         "diff_pruning", DiffPruningUnstructuredConfig, _SHARED,
         "Diff pruning with one gate per weight and no group gates."),
-    "diff_pruning_nonadaptive": BuiltinMethod(
+    "diff_pruning_nonadaptive": MethodInfo(
         "diff_pruning", DiffPruningNonadaptiveConfig, _SHARED,
         "The paper's non-adaptive baseline: prune a full finetuning's diff by magnitude, then finetune."),
-    "sequential": BuiltinMethod(
+    "sequential": MethodInfo(
         "continual", ContinualConfig, _EVOLVING,
         "Sequential finetuning of one shared encoder (Avalanche's Naive), one head per task."),
-    "ewc": BuiltinMethod(
+    "ewc": MethodInfo(
         "continual", EWCConfig, _EVOLVING,
         "Elastic Weight Consolidation (Avalanche's EWC) on one shared encoder, one head per task."),
-    "lwf": BuiltinMethod(
+    "lwf": MethodInfo(
         "continual", LwFConfig, _EVOLVING,
         "Learning without Forgetting (Avalanche's LwF) on one shared encoder, one head per task."),
-    "replay": BuiltinMethod(
+    "replay": MethodInfo(
         "continual", ReplayConfig, _EVOLVING,
         "Experience replay (Avalanche's Replay) on one shared encoder, one head per task."),
 }
@@ -124,15 +130,21 @@ def method_names() -> list[str]:
     return list(dict.fromkeys([*BUILTIN_METHODS, *_REGISTRY]))
 
 
+def method_info(name: str) -> MethodInfo:
+    """What the registry knows of method ``name`` (no import for a built-in one); an unknown name lists the
+    known ones."""
+    if name in _REGISTRY:
+        return MethodInfo.of(_REGISTRY[name])
+    if name in BUILTIN_METHODS:
+        return BUILTIN_METHODS[name]
+    raise unknown_name_error("method", name, method_names())
+
+
 def config_class(name: str) -> type[MethodConfig]:
     """The config class of method ``name``, without importing a built-in method's module (nor torch).
 
     An unknown name lists the known ones."""
-    if name in _REGISTRY:
-        return _REGISTRY[name].config_class
-    if name in BUILTIN_METHODS:
-        return BUILTIN_METHODS[name].config_class
-    raise unknown_name_error("method", name, method_names())
+    return method_info(name).config_class
 
 
 def get_method_class(name: str) -> type[Method]:
@@ -158,10 +170,15 @@ def build_method(name: str, options: Mapping[str, Any], backbone: Backbone) -> M
     return cls(cls.config_class.from_options(options), backbone)
 
 
+def shared_option_defaults() -> dict[str, Any]:
+    """The options every method has (:class:`MethodConfig`'s fields), with their defaults."""
+    return {f.name: _default(f) for f in dataclasses.fields(MethodConfig)}
+
+
 def option_defaults(name: str) -> dict[str, Any]:
     """Method ``name``'s own options with their defaults: the fields its config adds to :class:`MethodConfig`
     and the shared ones whose default it changes (no import of the method's module)."""
-    shared = {f.name: _default(f) for f in dataclasses.fields(MethodConfig)}
+    shared = shared_option_defaults()
     return {f.name: _default(f) for f in dataclasses.fields(config_class(name))
             if f.name not in shared or shared[f.name] != _default(f)}
 

@@ -20,12 +20,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from methods.core.backbone_names import DEFAULT_BACKBONE, POOLINGS
 from stream.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "bundled:all-MiniLM-L6-v2"
-POOLINGS = ("mean", "cls", "pooler")
 # What a backbone is loaded from, so what a user keeps to reuse it: config, weights and tokenizer files. A model
 # folder's other files (README, sentence-transformers settings, ONNX exports) are not read and not counted.
 _WEIGHT_FILES = (("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json"),

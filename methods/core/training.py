@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from methods.core.config import SCHEDULES, MethodConfig
 from stream.core.metrics import compute_metrics, task_score
-from stream.core.scenario import Budget
+from stream.core.plan import Budget
 from stream.core.tasks import TaskSpec
 from stream.core.tokenization import TokenizedSplit
 

@@ -55,7 +55,8 @@ from methods.core.backbone import Backbone, load_backbone
 from methods.core.multitask import MultiHeadEncoder, TokenCollator, collator_for, task_dataset
 from methods.core.task_model import TaskHead
 from stream.core.metrics import compute_metrics, task_score
-from stream.core.scenario import ArrivalBuilder, resolve_order
+from stream.core.plan import resolve_order
+from stream.core.scenario import ArrivalBuilder
 from stream.core.tasks import TaskSpec
 from stream.engine.config import RunConfig, resolve_tasks
 

@@ -313,11 +313,27 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_methods(args) -> int:
-    from methods.registry import registered_methods
+    # From the registry's catalogue: listing imports no method module, so no torch.
+    import textwrap
 
-    for name, cls in registered_methods().items():
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        print(f"{name:<16} {cls.sharing.value:<16} {doc}")
+    from methods.registry import method_info, method_names, option_defaults, shared_option_defaults
+
+    def options(values) -> str:
+        # written as on the command line: a list joined with "+", None as none
+        return " ".join(f"{key}={'+'.join(value) if isinstance(value, tuple) else value}".replace("=None", "=none")
+                        for key, value in values.items())
+
+    for name in method_names():
+        info = method_info(name)
+        print(f"{name:<26} {info.sharing.value:<16} {info.summary}")
+        own = option_defaults(name)
+        if own:
+            print(textwrap.fill(options(own), width=118, initial_indent=" " * 27 + "options: ",
+                                subsequent_indent=" " * 36, break_on_hyphens=False))
+    print()
+    print(textwrap.fill("Every method also takes (default unless its options above say otherwise): "
+                        + options(shared_option_defaults()), width=118, break_on_hyphens=False))
+    print("Set options as name:key=value (last_layer:k=2), or in a config file's [[methods]] table.")
     return 0
 
 

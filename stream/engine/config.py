@@ -3,6 +3,11 @@
 A run config comes from defaults, then a TOML or YAML file, then command-line flags (later wins). It is
 validated at construction, saved in the run directory as ``config.json``, and compared field by field
 when a run directory is reused.
+
+Building one imports no torch, transformers, Avalanche or method module (method options are checked by the
+torch-free config classes of :mod:`methods.registry`), so a bad value fails at once; what needs the backbone or
+the data (a method's options against the backbone's depth, the data files) is checked by the runner before it
+writes anything.
 """
 
 from __future__ import annotations
@@ -15,17 +20,20 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from methods.core.backbone import DEFAULT_BACKBONE, POOLINGS, Backbone
-from methods.core.base import Method
-from methods.registry import get_method_class
+from methods.core.backbone_names import DEFAULT_BACKBONE, POOLINGS
 from methods.core.config import MethodConfig
+from methods.registry import config_class, get_method_class
 from stream.core.errors import ConfigError
-from stream.core.scenario import Budget
+from stream.core.plan import Budget
 from stream.core.sources import CustomFileSource, RoutedSource, resolve_source
 from stream.core.tasks import CustomTaskSpec, TaskSpec, get_task
 from stream.core.validation import check_choice, check_int
+
+if TYPE_CHECKING:
+    from methods.core.backbone import Backbone
+    from methods.core.base import Method
 
 # The default run (``taskstream run`` with no flags): the seed methods on the two tasks that every one of
 # them learns clearly above chance within 100 steps, in under 20 minutes on a 2-core CPU
@@ -98,7 +106,7 @@ class MethodSpec:
         init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
-        cls = get_method_class(self.name)
+        options_class = config_class(self.name)
         object.__setattr__(self, "options", tuple(sorted(self.options)))
         object.__setattr__(self, "per_task", tuple(sorted((t, tuple(sorted(o))) for t, o in self.per_task)))
         object.__setattr__(self, "search", tuple(sorted((k, tuple(v)) for k, v in self.search)))
@@ -111,8 +119,8 @@ class MethodSpec:
                                   f"and searched ({list(values)!r}); give it one way.")
         configs = {}
         for task in (None, *(t for t, _ in self.per_task)):
-            configs[task] = (cls.config_class.from_options(self.task_options(task)),
-                             tuple((options, cls.config_class.from_options(options))
+            configs[task] = (options_class.from_options(self.task_options(task)),
+                             tuple((options, options_class.from_options(options))
                                    for options in self.candidates(task)))
         object.__setattr__(self, "_configs", configs)
         if self.label is not None and (not isinstance(self.label, str) or not self.label

@@ -27,7 +27,8 @@ from stream.core.ledger import Ledger, Sharing, cumulative_bytes, params_multipl
 from stream.core.locks import exclusive_lock
 from stream.core.rundir import (ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE, LOCK_FILE, VERSIONS_FILE, check_run_dir_path,
                                 has_finished_work, read_run_config, remove_stray_temp_files, write_json_atomic)
-from stream.core.scenario import ArrivalBuilder, resolve_order
+from stream.core.plan import resolve_order
+from stream.core.scenario import ArrivalBuilder
 from stream.core.store import ArtifactKey, ArtifactStore
 from stream.engine.config import MethodSpec, RunConfig, config_differences, resolve_tasks
 

@@ -39,7 +39,7 @@ from stream.core.errors import ArtifactError, ConfigError, DataError, RunDirecto
 from stream.core.ledger import Sharing, read_ledger
 from stream.core.rundir import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE
 from stream.core.rundir import read_run_config as read_saved_config
-from stream.core.scenario import Budget
+from stream.core.plan import Budget
 from stream.core.sources import read_text_rows
 from stream.core.store import ArtifactKey, ArtifactStore, LoadedArtifact
 from stream.core.tasks import CustomTaskSpec, TaskSpec, get_task

@@ -66,8 +66,8 @@ from bench.common import REPO, default_glue_dir, write_results  # first: offline
 import torch  # noqa: E402
 
 from methods.core.base import Method  # noqa: E402
-from methods.registry import build_method, registered_methods  # noqa: E402
 from methods.core.training import evaluate  # noqa: E402
+from methods.registry import build_method, registered_methods  # noqa: E402
 from stream.core.ledger import Sharing  # noqa: E402
 from stream.core.scenario import Arrival, Budget  # noqa: E402
 from stream.core.store import ArtifactKey, ArtifactStore  # noqa: E402

@@ -43,8 +43,8 @@ import torch  # noqa: E402
 from methods.core.backbone import load_backbone, native_bf16  # noqa: E402
 from methods.core.base import Method  # noqa: E402
 from methods.registry import build_method  # noqa: E402
-from stream.engine.config import RunConfig, resolve_tasks  # noqa: E402
 from stream.core.scenario import ArrivalBuilder, Budget  # noqa: E402
+from stream.engine.config import RunConfig, resolve_tasks  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"before": ("fp32", False), "bf16": ("bf16", False), "grouped": ("fp32", True), "after": ("bf16", True)}

@@ -19,12 +19,12 @@ import torch
 pytest.importorskip("avalanche")
 
 from methods.registry import build_method  # noqa: E402
-from stream.engine.config import MethodSpec, RunConfig  # noqa: E402
 from stream.core.errors import ArtifactError  # noqa: E402
-from stream.engine.runner import run_stream  # noqa: E402
 from stream.core.scenario import Budget  # noqa: E402
 from stream.core.store import ArtifactKey, ArtifactStore  # noqa: E402
 from stream.core.tasks import CustomTaskSpec  # noqa: E402
+from stream.engine.config import MethodSpec, RunConfig  # noqa: E402
+from stream.engine.runner import run_stream  # noqa: E402
 from tests.conftest import REPO, synthetic_rows, write_jsonl_gz  # noqa: E402
 from tests.test_method_matrix import _arrivals, _sidecar  # noqa: E402
 

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from methods.core.base import Method
-from methods.registry import build_method
 from methods.core.codecs import positions_lower_bound_bits, unpack_sparse_tensors
 from methods.core.flat_params import FlatLayout, FunctionalEncoder, layer_of
 from methods.core.hard_concrete import HardConcrete
@@ -23,6 +22,7 @@ from methods.core.task_model import TaskHead, TaskModel
 from methods.diff_pruning import (CLOSED_LOG_ALPHA, DiffEncoder, DiffPruningConfig, DiffPruningNonadaptiveConfig,
                                   DiffPruningUnstructuredConfig, GatedDiff, scheduled_density, stage_budget_steps,
                                   stage_steps, target_nonzeros, top_k_positions)
+from methods.registry import build_method
 from stream.core.errors import ArtifactError, ConfigError
 from stream.core.scenario import ArrivalBuilder, Budget
 from stream.core.store import ArtifactKey, ArtifactStore

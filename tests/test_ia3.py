@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.registry import build_method
 from methods.ia3 import Ia3Config, Ia3Method
+from methods.registry import build_method
 from stream.core.errors import ConfigError
 from stream.core.scenario import ArrivalBuilder, Budget
 from stream.engine.config import RunConfig, resolve_tasks

@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-from methods.registry import build_method
 from methods.core.peft_tuner import linear_layer_names, resolve_targets
 from methods.lora import LoraConfig, LoraMethod
+from methods.registry import build_method
 from stream.core.errors import ArtifactError, ConfigError
 from stream.core.scenario import ArrivalBuilder, Budget
 from stream.core.store import ArtifactKey, ArtifactStore

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from methods.core.backbone import load_backbone, state_fingerprint
-from methods.registry import build_method
 from methods.core.codecs import unpack_masks
 from methods.masking import ScoreMask, binarize, init_scores
+from methods.registry import build_method
 from stream.core.errors import ArtifactError, ConfigError
 from stream.core.scenario import ArrivalBuilder, Budget
 from stream.core.store import ArtifactKey, ArtifactStore

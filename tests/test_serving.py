@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from methods.core.backbone import load_backbone, state_fingerprint
-from methods.registry import build_method
 from methods.core.flat_params import flat_weights
 from methods.core.patches import AddAtPositions, AssignValues, Edit, ServingPatch, ZeroAtPositions
 from methods.core.task_model import TaskHead
+from methods.registry import build_method
 from stream.core.errors import ConfigError, DataError, RunDirectoryError
 from stream.core.scenario import Budget
 from stream.core.tasks import get_task

@@ -10,9 +10,9 @@ import dataclasses
 import pytest
 import torch
 
-from methods.registry import build_method
 from methods.core.task_model import TaskModel
-from methods.core.training import decay_groups, fit
+from methods.core.training import decay_groups, evaluate, fit
+from methods.registry import build_method
 from stream.core.scenario import ArrivalBuilder, Budget, eval_rows
 from stream.engine.config import RunConfig, resolve_tasks
 
@@ -123,3 +123,15 @@ def test_mixed_precision_training_runs_and_is_recorded_on_the_arrival(precision,
     trained = build_method("full", {}, tiny_backbone).train(arrival)
     assert trained.fit.steps == 8 and trained.fit.best_dev_score == trained.fit.best_dev_score
     assert all(p.dtype == torch.float32 for p in trained.model.parameters())
+
+
+def test_evaluation_shows_a_progress_bar_only_when_asked(tiny_backbone, glue_dir, capsys):
+    arrival = _arrival(tiny_backbone, glue_dir, "sst2")
+    model, _, _ = _full_model(build_method("full", {}, tiny_backbone), arrival)
+    quiet = evaluate(model, arrival.tests, arrival.task, batch_size=16)
+    assert capsys.readouterr().err == ""
+    shown = evaluate(model, arrival.tests, arrival.task, batch_size=16, progress=True, desc="full 1:sst2 test")
+    rows = sum(len(split) for split in arrival.tests.values())
+    err = capsys.readouterr().err
+    assert "full 1:sst2 test:" in err and f"/{rows} [" in err  # a bar over every test row, cleared at the end
+    assert shown == quiet

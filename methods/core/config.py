@@ -16,7 +16,7 @@ from typing import Any
 from stream.core.errors import ConfigError
 from stream.core.validation import check_real
 
-#: Learning-rate schedules the training loop implements (methods.core.training).
+#: Learning-rate schedules a parameter group may ask for with its ``schedule`` key (methods.core.training).
 SCHEDULES = ("linear", "constant")
 #: Precisions a sparse codec can store values in (methods.core.codecs maps them to torch dtypes).
 VALUE_DTYPE_NAMES = ("float32", "float16", "bfloat16")

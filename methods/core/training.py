@@ -89,8 +89,10 @@ def _model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[
 
 @torch.inference_mode()
 def predict(model: nn.Module, split: TokenizedSplit, task: TaskSpec, *, batch_size: int = 64,
-            device: torch.device | None = None) -> np.ndarray:
-    """Predictions for every row of ``split`` in order: class ids, or regression values."""
+            device: torch.device | None = None, on_batch: Callable[[int], object] | None = None) -> np.ndarray:
+    """Predictions for every row of ``split`` in order: class ids, or regression values.
+
+    ``on_batch`` is called with each batch's row count after it is predicted (a progress bar's ``update``)."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -98,6 +100,8 @@ def predict(model: nn.Module, split: TokenizedSplit, task: TaskSpec, *, batch_si
     for batch in split.batches(batch_size):
         logits = model(**_model_inputs(batch, device)).float()
         outputs.append(logits.squeeze(-1) if task.is_regression else logits.argmax(dim=-1))
+        if on_batch is not None:
+            on_batch(len(batch["labels"]))
     model.train(was_training)
     if not outputs:
         return np.zeros(0, dtype=np.float32 if task.is_regression else np.int64)
@@ -105,12 +109,18 @@ def predict(model: nn.Module, split: TokenizedSplit, task: TaskSpec, *, batch_si
 
 
 def evaluate(model: nn.Module, splits: dict[str, TokenizedSplit], task: TaskSpec, *,
-             batch_size: int = 64, device: torch.device | None = None) -> tuple[dict[str, dict], float]:
-    """Metrics per split and the task's single score (GLUE rules) for a model on test or dev splits."""
+             batch_size: int = 64, device: torch.device | None = None, progress: bool = False,
+             desc: str = "evaluate") -> tuple[dict[str, dict], float]:
+    """Metrics per split and the task's single score (GLUE rules) for a model on test or dev splits.
+
+    ``progress`` shows a bar over the rows of every split, as :func:`fit` shows one over its steps (the run's
+    ``progress`` flag decides both; the dev evaluations inside training show none)."""
     metrics = {}
-    for name, split in splits.items():
-        preds = predict(model, split, task, batch_size=batch_size, device=device)
-        metrics[name] = compute_metrics(task, preds, split.labels.numpy())
+    with tqdm(total=sum(len(split) for split in splits.values()), desc=desc, unit="row", disable=not progress,
+              leave=False, dynamic_ncols=True) as bar:
+        for name, split in splits.items():
+            preds = predict(model, split, task, batch_size=batch_size, device=device, on_batch=bar.update)
+            metrics[name] = compute_metrics(task, preds, split.labels.numpy())
     return metrics, task_score(task, metrics)
 
 
@@ -130,7 +140,6 @@ def _constant(step: int) -> float:
     return 1.0
 
 
-#: Learning-rate schedules a parameter group may ask for with its ``schedule`` key.
 def autocast(device: torch.device, precision: str):
     """The autocast context of a training forward pass: a no-op for ``fp32``, else ``bf16``/``fp16`` autocast."""
     if precision not in PRECISIONS:

@@ -41,8 +41,8 @@ from methods.core.base import Method
 from methods.core.multitask import MultiTaskCriterion, route_rows, tag_rows
 from methods.core.task_model import TaskModel
 from stream.core.ledger import Ledger, Sharing
-from stream.core.rundir import ARTIFACTS_DIR, LEDGER_FILE, read_run_config
 from stream.core.plan import resolve_order
+from stream.core.rundir import ARTIFACTS_DIR, LEDGER_FILE, read_run_config
 from stream.core.scenario import ArrivalBuilder
 from stream.core.store import ArtifactKey, ArtifactStore
 from stream.engine.avalanche_bridge import AvalancheStream, glue_score_metrics, stream_from_builder

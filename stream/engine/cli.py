@@ -160,10 +160,9 @@ def _study_spec(args):
 
 
 def _cmd_sweep(args) -> int:
+    spec = _study_spec(args)  # before the heavy imports, so a bad spec fails at once
     from stream.engine.study import StudyDirectory, is_complete
-    from stream.engine.sweep import run_study
 
-    spec = _study_spec(args)
     study_dir = args.study_dir or Path("runs") / spec.name
     if args.dry_run:
         directory = StudyDirectory(study_dir)
@@ -172,6 +171,8 @@ def _cmd_sweep(args) -> int:
             print(f"{run.run_id:<60} {state}")
         print(f"{len(spec.runs)} runs in {directory.root}")
         return 0
+
+    from stream.engine.sweep import run_study
 
     def show(progress) -> None:
         print(progress.line(), file=sys.stderr, flush=True)

@@ -23,8 +23,8 @@ from pathlib import Path
 from stream.core.errors import RunDirectoryError
 from stream.core.ledger import Sharing, parse_ledger
 from stream.core.locks import exclusive_lock
-from stream.core.rundir import ARTIFACTS_DIR, LEDGER_FILE, LOCK_FILE, check_run_dir_path, read_run_config
 from stream.core.plan import resolve_order
+from stream.core.rundir import ARTIFACTS_DIR, LEDGER_FILE, LOCK_FILE, check_run_dir_path, read_run_config
 from stream.core.store import ArtifactKey, ArtifactStore
 from stream.core.validation import unknown_name_error
 from stream.engine.config import RunConfig

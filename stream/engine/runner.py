@@ -20,14 +20,14 @@ import torch
 
 from methods.core.backbone import Backbone, load_backbone, resolve_precision
 from methods.core.base import Method
-from methods.registry import get_method_class
 from methods.core.training import evaluate
+from methods.registry import get_method_class
 from stream.core.errors import ArtifactError, ConfigError, RunDirectoryError
 from stream.core.ledger import Ledger, Sharing, cumulative_bytes, params_multiplier
 from stream.core.locks import exclusive_lock
+from stream.core.plan import resolve_order
 from stream.core.rundir import (ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE, LOCK_FILE, VERSIONS_FILE, check_run_dir_path,
                                 has_finished_work, read_run_config, remove_stray_temp_files, write_json_atomic)
-from stream.core.plan import resolve_order
 from stream.core.scenario import ArrivalBuilder
 from stream.core.store import ArtifactKey, ArtifactStore
 from stream.engine.config import MethodSpec, RunConfig, config_differences, resolve_tasks
@@ -249,7 +249,8 @@ def _run_method(spec: MethodSpec, sharing: Sharing, config: RunConfig, order: tu
         seconds["load"] = time.perf_counter() - clock
         clock = time.perf_counter()
         batch = arrival.budget.eval_batch_size
-        results = {task_name: (*evaluate(model, arrival.tests, arrival.task, batch_size=batch), False)}
+        results = {task_name: (*evaluate(model, arrival.tests, arrival.task, batch_size=batch, progress=progress,
+                                         desc=f"{label} {step}:{task_name} test"), False)}
         del model
         for earlier_step, earlier in enumerate(order[:step - 1], 1):
             if sharing is Sharing.EVOLVING or config.reevaluate:
@@ -258,7 +259,8 @@ def _run_method(spec: MethodSpec, sharing: Sharing, config: RunConfig, order: tu
                 loader = method_for_artifact(spec.name, source.sidecar, backbone)
                 earlier_model = loader.load(source, tasks[earlier])
                 results[earlier] = (*evaluate(earlier_model, builder.tests(earlier), tasks[earlier],
-                                              batch_size=batch), False)
+                                              batch_size=batch, progress=progress,
+                                              desc=f"{label} {step}:{earlier} test"), False)
                 del earlier_model
             else:
                 # The earlier task's file is unchanged and the backbone is verified unchanged after every

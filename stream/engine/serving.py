@@ -37,9 +37,9 @@ from methods.core.patches import ServingPatch
 from methods.core.task_model import TaskModel
 from stream.core.errors import ArtifactError, ConfigError, DataError, RunDirectoryError
 from stream.core.ledger import Sharing, read_ledger
+from stream.core.plan import Budget
 from stream.core.rundir import ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE
 from stream.core.rundir import read_run_config as read_saved_config
-from stream.core.plan import Budget
 from stream.core.sources import read_text_rows
 from stream.core.store import ArtifactKey, ArtifactStore, LoadedArtifact
 from stream.core.tasks import CustomTaskSpec, TaskSpec, get_task

@@ -63,8 +63,8 @@ from typing import Any
 
 from stream.core.errors import ConfigError
 from stream.core.ledger import read_ledger
-from stream.core.rundir import LEDGER_FILE
 from stream.core.plan import resolve_order
+from stream.core.rundir import LEDGER_FILE
 from stream.engine.config import MethodSpec, RunConfig, anchor_paths, load_config_file
 
 STUDY_FILE = "study.json"

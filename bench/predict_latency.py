@@ -5,7 +5,9 @@ TEXT`), so every import and the backbone load are paid, as a user pays them; the
 the page cache after the first repetition. Reports the median wall time per method and the CPU time (user
 + system) of the child, which a busy machine inflates less than the wall time.
 
-    python bench/predict_latency.py --run-dir /tmp/taskstream-switch-latency --out bench/results/predict_latency
+    cp -r /work/runs/default_bench /tmp/predict-run   # a finished run (predict only reads it)
+    nice -n -5 python -m bench.predict_latency --run-dir /tmp/predict-run --methods full,diff_pruning,adapters \
+        --note "..." --out bench/results/predict_latency
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_setup import REPO, write_results  # first: offline HF defaults, this checkout on sys.path
+from bench.common import REPO, write_results  # first: offline HF defaults
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,6 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", default="bitfit,diff_pruning,lora,full", help="method labels to ask with")
     p.add_argument("--text", default="a gripping, beautifully acted film", help="the example")
     p.add_argument("--repeats", type=int, default=3, help="fresh processes per method")
+    p.add_argument("--note", default="", help="what else ran on the machine (written beside the numbers)")
     p.add_argument("--out", type=Path, help="write <out>.md and <out>.json (default: print only)")
     return p.parse_args(argv)
 
@@ -56,10 +59,11 @@ def main(argv=None) -> int:
               flush=True)
     record = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "run_dir": str(args.run_dir),
               "task": args.task, "repeats": args.repeats, "cpu_count": os.cpu_count(),
-              "load_average": os.getloadavg(), "methods": rows}
+              "load_average": os.getloadavg(), "niceness": os.nice(0), "note": args.note, "methods": rows}
     lines = [f"Cold `taskstream predict` of one example (task {args.task}) on run `{args.run_dir}`: median of "
              f"{args.repeats} fresh processes per method; load average at the end {record['load_average'][0]:.2f} "
-             f"on {os.cpu_count()} cores (wall time grows with the load; CPU time much less).", "",
+             f"on {os.cpu_count()} cores, this bench at niceness {record['niceness']} (wall time grows with the "
+             f"load; CPU time much less). {args.note}".rstrip(), "",
              "| method | wall s | CPU s (user + system) |", "|---|---:|---:|"]
     lines += [f"| {m} | {r['median_wall_s']:.1f} | {r['median_cpu_s']:.1f} |" for m, r in rows.items()]
     text = "\n".join(lines)

@@ -6,7 +6,7 @@ Each command runs in a fresh interpreter (``python -m stream.engine.cli``), ``--
 the median wall time and the median CPU time (user + system of the child), and the machine's load average when
 the bench ran, since on a shared machine the wall time mostly measures the other processes.
 
-    PYTHONPATH=. python bench/startup.py            # writes bench/results/startup.md
+    nice -n -5 python -m bench.startup --note "..."     # writes bench/results/startup.md
 """
 
 from __future__ import annotations
@@ -56,11 +56,13 @@ def measure(args: list[str]) -> tuple[float, float, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--note", default="", help="what else ran on the machine (written beside the numbers)")
     args = parser.parse_args()
     load = os.getloadavg()
     lines = ["# Cold start of the small commands", "",
-             f"`python bench/startup.py --repeats {args.repeats}`; {os.cpu_count()} CPUs, load average "
-             f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min) when it ran. Target: under 2 s.", "",
+             f"`python -m bench.startup --repeats {args.repeats}`; {os.cpu_count()} CPUs, load average "
+             f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min) when it started, this bench at "
+             f"niceness {os.nice(0)}. {args.note}".rstrip() + " Target: under 2 s.", "",
              "| command | exit status | median wall s | median CPU s |", "|---|---:|---:|---:|"]
     with tempfile.TemporaryDirectory() as tmp:
         for name, argv in commands(Path(tmp)).items():

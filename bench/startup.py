@@ -28,6 +28,8 @@ RESULTS = REPO / "bench" / "results" / "startup.md"
 def commands(scratch: Path) -> dict[str, list[str]]:
     bad_toml = scratch / "bad.toml"
     bad_toml.write_text("tasks = 5\n")
+    bad_study = scratch / "study.toml"
+    bad_study.write_text('name = "s"\n[base]\ntasks = ["rte"]\n[grid]\nmethods = ["ful"]\n')
     return {
         "--help": ["--help"],
         "methods": ["methods"],
@@ -37,6 +39,8 @@ def commands(scratch: Path) -> dict[str, list[str]]:
         "config error (bad budget)": ["run", "--batch-size", "0", "--run-dir", str(scratch / "r")],
         "config error (tasks = 5 in a file)": ["run", "--config", str(bad_toml), "--run-dir", str(scratch / "r")],
         "method option error": ["run", "--methods", "last_layer:k=x", "--run-dir", str(scratch / "r")],
+        "unknown method": ["run", "--methods", "lorax", "--run-dir", str(scratch / "r")],
+        "study spec error (unknown method)": ["sweep", str(bad_study), "--dry-run", "--study-dir", str(scratch / "s")],
     }
 
 

@@ -40,9 +40,11 @@ def one(args: argparse.Namespace, method: str) -> tuple[float, float]:
     """Wall and CPU seconds of one fresh ``predict`` process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "stream.engine.cli", "predict", str(args.run_dir), "--task", args.task,
-                    "--method", method, "--device", "cpu", args.text], cwd=REPO, check=True, capture_output=True,
-                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run([sys.executable, "-m", "stream.engine.cli", "predict", str(args.run_dir), "--task",
+                           args.task, "--method", method, "--device", "cpu", args.text], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if done.returncode != 0:
+        raise SystemExit(f"predict with {method} failed ({done.returncode}):\n{done.stderr}")
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

@@ -25,11 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "startup.md"
 
 
-def commands(scratch: Path) -> dict[str, list[str]]:
+def commands(scratch: Path, run_dir: Path | None) -> dict[str, list[str]]:
     bad_toml = scratch / "bad.toml"
     bad_toml.write_text("tasks = 5\n")
     bad_study = scratch / "study.toml"
     bad_study.write_text('name = "s"\n[base]\ntasks = ["rte"]\n[grid]\nmethods = ["ful"]\n')
+    predict = {} if run_dir is None else {
+        "predict error (unknown task)": ["predict", str(run_dir), "--task", "bogus", "a text"]}
     return {
         "--help": ["--help"],
         "methods": ["methods"],
@@ -41,6 +43,7 @@ def commands(scratch: Path) -> dict[str, list[str]]:
         "method option error": ["run", "--methods", "last_layer:k=x", "--run-dir", str(scratch / "r")],
         "unknown method": ["run", "--methods", "lorax", "--run-dir", str(scratch / "r")],
         "study spec error (unknown method)": ["sweep", str(bad_study), "--dry-run", "--study-dir", str(scratch / "s")],
+        **predict,
     }
 
 
@@ -60,6 +63,7 @@ def measure(args: list[str]) -> tuple[float, float, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--run-dir", type=Path, help="a finished run: also time predict's error for an unknown task")
     parser.add_argument("--note", default="", help="what else ran on the machine (written beside the numbers)")
     args = parser.parse_args()
     load = os.getloadavg()
@@ -69,7 +73,7 @@ def main() -> int:
              f"niceness {os.nice(0)}. {args.note}".rstrip() + " Target: under 2 s.", "",
              "| command | exit status | median wall s | median CPU s |", "|---|---:|---:|---:|"]
     with tempfile.TemporaryDirectory() as tmp:
-        for name, argv in commands(Path(tmp)).items():
+        for name, argv in commands(Path(tmp), args.run_dir).items():
             runs = [measure(argv) for _ in range(args.repeats)]
             wall = statistics.median(r[0] for r in runs)
             cpu = statistics.median(r[1] for r in runs)

@@ -25,7 +25,8 @@ from stream.core.scenario import Budget
 from stream.core.tasks import get_task
 from stream.engine.config import MethodSpec, RunConfig
 from stream.engine.runner import run_stream
-from stream.engine.serving import TaskBank, read_examples
+from stream.engine.run_index import read_examples
+from stream.engine.serving import TaskBank
 from tests.conftest import run_cli
 from tests.method_matrix import MATRIX
 

@@ -1,6 +1,6 @@
 """The small commands answer without the heavy libraries: ``--help``, ``methods``, ``tasks`` and every argument,
-config or study-spec error run in a fresh interpreter that never imports torch, transformers, datasets, peft,
-Avalanche, scikit-learn or scipy (bench/startup.py measures the seconds this saves)."""
+config, study-spec or ``predict`` naming error run in a fresh interpreter that never imports torch, transformers,
+datasets, peft, Avalanche, scikit-learn or scipy (bench/startup.py measures the seconds this saves)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
+from tests.synthetic_ledgers import write_run
 
 HEAVY = ("torch", "transformers", "datasets", "peft", "avalanche", "sklearn", "scipy")
 # Runs ``taskstream ARGV`` in this interpreter and prints its exit status and the heavy modules it imported.
@@ -39,6 +40,7 @@ def _files(tmp_path):
     (tmp_path / "budget3.yaml").write_text("budget: 3\n")
     (tmp_path / "option.toml").write_text('tasks = ["rte"]\n[[methods]]\nname = "lora"\nrank = 0\n')
     (tmp_path / "study.toml").write_text('name = "s"\n[base]\ntasks = ["rte"]\n[grid]\nmethods = ["ful"]\n')
+    write_run(tmp_path / "finished", ("full", "last_layer-k1"), seed=0, order_id="order0")
     return tmp_path
 
 
@@ -56,6 +58,11 @@ CASES = {
     "budget: 3 in a file": (["run", "--config", "budget3.yaml"], 2, "budget"),
     "bad option in a file": (["run", "--config", "option.toml"], 2, "LoraConfig.rank"),
     "study spec error": (["sweep", "study.toml", "--dry-run"], 2, "Unknown method 'ful'"),
+    "predict: unknown task": (["predict", "finished", "--task", "sst2", "--method", "full", "x"], 2, "no task 'sst2'"),
+    "predict: unknown method": (["predict", "finished", "--task", "rte", "--method", "ful", "x"], 2,
+                                "Did you mean 'full'?"),
+    "predict: a pair task given one text": (["predict", "finished", "--task", "rte", "--method", "full", "x"], 2,
+                                            "takes 2 texts"),
 }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,20 @@ VERSIONS_FILE = "versions.json"
 LEDGER_FILE = "ledger.jsonl"
 ARTIFACTS_DIR = "artifacts"
 LOCK_FILE = ".lock"
+
+
+@dataclass(frozen=True)
+class ArtifactKey:
+    """Which artifact: a method label (a method plus its options), the step and the arriving task."""
+
+    method: str
+    step: int
+    task: str
+
+    @property
+    def stem(self) -> str:
+        """The artifact's file name without suffix, under ``artifacts/<method>/``."""
+        return f"{self.step:03d}-{self.task}"
 
 
 def check_run_dir_path(run_dir: str | Path) -> Path:

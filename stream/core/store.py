@@ -23,6 +23,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from stream.core.errors import ArtifactError
+from stream.core.rundir import ArtifactKey
 
 SIDECAR_SCHEMA = 1
 
@@ -44,19 +45,6 @@ class ArtifactPayload:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     new_params: int = 0
     lower_bound_bits: float | None = None
-
-
-@dataclass(frozen=True)
-class ArtifactKey:
-    """Which artifact: a method label (a method plus its options), the step and the arriving task."""
-
-    method: str
-    step: int
-    task: str
-
-    @property
-    def stem(self) -> str:
-        return f"{self.step:03d}-{self.task}"
 
 
 @dataclass(frozen=True)

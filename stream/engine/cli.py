@@ -263,13 +263,13 @@ def _cmd_predict(args) -> int:
 
     from stream.core.errors import ConfigError, DataError
     from stream.core.validation import check_int
-    from stream.engine.serving import TaskBank, as_examples, read_examples
+    from stream.engine.run_index import RunIndex, as_examples, read_examples
 
     check_int("", "--batch-size", args.batch_size, minimum=1)
-    # Names and examples are checked before the backbone loads, so a typo fails at once.
-    bank = TaskBank(args.run, device=args.device)
-    task = bank.task_spec(args.task)
-    bank.entry(args.task, args.method)
+    # Names and examples are checked from the run's files, before torch and the backbone load: a typo fails at once.
+    index = RunIndex(args.run)
+    task = index.task_spec(args.task)
+    index.entry(args.task, args.method)
     if args.file is not None:
         if args.texts:
             raise ConfigError("Give the examples either as TEXT arguments or with --file, not both.")
@@ -279,7 +279,9 @@ def _cmd_predict(args) -> int:
                         f"({' and '.join(task.text_columns)}) as argument(s), or --file PATH.")
     else:
         examples = as_examples(task, [tuple(args.texts)])
-    with bank:
+    from stream.engine.serving import TaskBank
+
+    with TaskBank(args.run, device=args.device) as bank:
         predictions = bank.predict(args.task, examples, method=args.method, batch_size=args.batch_size)
     for texts, prediction in zip(examples, predictions):
         if args.json:

@@ -29,7 +29,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from stream.core.errors import ArtifactError, ConfigError, DataError, RunDirectoryError
 from stream.core.ledger import read_ledger
 from stream.core.rundir import CONFIG_FILE, LEDGER_FILE
-from stream.engine.serving import TaskBank, read_run_config
+from stream.engine.run_index import read_run_config
+from stream.engine.serving import TaskBank
 
 MAX_TEXT_CHARS = 1000
 FIGURES_DIR = "figures"  # where `taskstream plot` draws a run's figures (analysis.report.FIGURES_DIR)

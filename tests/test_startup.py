@@ -61,6 +61,8 @@ CASES = {
     "predict: unknown task": (["predict", "finished", "--task", "sst2", "--method", "full", "x"], 2, "no task 'sst2'"),
     "predict: unknown method": (["predict", "finished", "--task", "rte", "--method", "ful", "x"], 2,
                                 "Did you mean 'full'?"),
+    "predict: bad device": (["predict", "finished", "--task", "rte", "--device", "gpu", "x", "y"], 2,
+                            "--device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'gpu'"),
     "predict: a pair task given one text": (["predict", "finished", "--task", "rte", "--method", "full", "x"], 2,
                                             "takes 2 texts"),
 }

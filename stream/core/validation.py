@@ -61,6 +61,14 @@ def check_choice(owner: str, field: str, value: Any, choices: Iterable[Any]) -> 
     raise ConfigError(f"{_where(owner, field)} must be one of {listed}; got {value!r}.{suggestion}")
 
 
+def check_device(owner: str, field: str, value: Any) -> None:
+    """Require a device name ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, checked without torch (whether that
+    device exists is known only once torch loads)."""
+    if not isinstance(value, str) or not (value in ("auto", "cpu", "cuda")
+                                          or (value.startswith("cuda:") and value[5:].isdigit())):
+        raise ConfigError(f"{_where(owner, field)} must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {value!r}.")
+
+
 def unknown_name_error(kind: str, name: str, known: Iterable[str]) -> ConfigError:
     """Build the error for an unknown registry name: ``Unknown method 'lora2'. Registered: ...``."""
     known = sorted(known)

@@ -262,10 +262,11 @@ def _cmd_predict(args) -> int:
     import json
 
     from stream.core.errors import ConfigError, DataError
-    from stream.core.validation import check_int
+    from stream.core.validation import check_device, check_int
     from stream.engine.run_index import RunIndex, as_examples, read_examples
 
     check_int("", "--batch-size", args.batch_size, minimum=1)
+    check_device("", "--device", args.device)
     # Names and examples are checked from the run's files, before torch and the backbone load: a typo fails at once.
     index = RunIndex(args.run)
     task = index.task_spec(args.task)
@@ -306,9 +307,10 @@ def _add_serve_parser(sub) -> None:
 
 
 def _cmd_serve(args) -> int:
-    from stream.core.validation import check_int
+    from stream.core.validation import check_device, check_int
 
     check_int("", "--port", args.port, minimum=1, maximum=65535)
+    check_device("", "--device", args.device)
     from stream.engine.webpage import serve
 
     serve(args.run, host=args.host, port=args.port, device=args.device)

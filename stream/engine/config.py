@@ -29,7 +29,7 @@ from stream.core.errors import ConfigError
 from stream.core.plan import Budget
 from stream.core.sources import CustomFileSource, RoutedSource, resolve_source
 from stream.core.tasks import CustomTaskSpec, TaskSpec, get_task
-from stream.core.validation import check_choice, check_int
+from stream.core.validation import check_choice, check_device, check_int
 
 if TYPE_CHECKING:
     from methods.core.backbone import Backbone
@@ -308,9 +308,7 @@ class RunConfig:
                                       f"tasks {list(self.tasks)}.")
         check_choice("RunConfig", "precision", self.precision, PRECISIONS)
         check_int("RunConfig", "threads", self.threads, minimum=1, maximum=1024, allow_none=True)
-        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
-                                                    or self.device.startswith("cuda:")):
-            raise ConfigError(f"RunConfig.device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}.")
+        check_device("RunConfig", "device", self.device)
 
     def budget_for(self, task: str) -> Budget:
         """The budget of ``task``: the default with that task's overrides applied."""

@@ -68,7 +68,8 @@ def main() -> int:
     args = parser.parse_args()
     load = os.getloadavg()
     lines = ["# Cold start of the small commands", "",
-             f"`python -m bench.startup --repeats {args.repeats}`; {os.cpu_count()} CPUs, load average "
+             f"`python -m bench.startup --repeats {args.repeats}"
+             f"{f' --run-dir {args.run_dir}' if args.run_dir else ''}`; {os.cpu_count()} CPUs, load average "
              f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min) when it started, this bench at "
              f"niceness {os.nice(0)}. {args.note}".rstrip() + " Target: under 2 s.", "",
              "| command | exit status | median wall s | median CPU s |", "|---|---:|---:|---:|"]

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from stream.core.errors import ConfigError, DataError
-from stream.core.scenario import ArrivalBuilder, Budget, carve_dev, eval_rows, resolve_order
+from stream.core.plan import resolve_order
+from stream.core.scenario import ArrivalBuilder, Budget, carve_dev, eval_rows
 from stream.engine.config import RunConfig, resolve_tasks
 
 

@@ -63,6 +63,9 @@ CASES = {
                                 "Did you mean 'full'?"),
     "predict: bad device": (["predict", "finished", "--task", "rte", "--device", "gpu", "x", "y"], 2,
                             "--device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'gpu'"),
+    "retrain: unknown method label": (["retrain", "finished", "--method", "ful", "--task", "rte"], 2,
+                                      "Unknown method label 'ful'"),
+    "retrain: unknown task": (["retrain", "finished", "--method", "full", "--task", "sst2"], 2, "Unknown task 'sst2'"),
     "predict: a pair task given one text": (["predict", "finished", "--task", "rte", "--method", "full", "x"], 2,
                                             "takes 2 texts"),
 }

@@ -41,6 +41,11 @@ class ArtifactKey:
         """The artifact's file name without suffix, under ``artifacts/<method>/``."""
         return f"{self.step:03d}-{self.task}"
 
+    def paths(self, artifacts_dir: Path) -> tuple[Path, Path]:
+        """The artifact's tensor file and JSON sidecar under ``artifacts_dir`` (a run's ``artifacts/``)."""
+        folder = Path(artifacts_dir) / self.method
+        return folder / f"{self.stem}.safetensors", folder / f"{self.stem}.json"
+
 
 def check_run_dir_path(run_dir: str | Path) -> Path:
     """``run_dir`` as a Path, refused when something other than a folder is there."""

@@ -113,8 +113,8 @@ class ArtifactStore:
         self.root = Path(root)
 
     def paths(self, key: ArtifactKey) -> tuple[Path, Path]:
-        folder = self.root / key.method
-        return folder / f"{key.stem}.safetensors", folder / f"{key.stem}.json"
+        """The artifact's tensor file and sidecar in this store."""
+        return key.paths(self.root)
 
     def exists(self, key: ArtifactKey) -> bool:
         """True when the artifact was completely written (its sidecar exists)."""

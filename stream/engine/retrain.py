@@ -20,12 +20,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from methods.registry import method_info
 from stream.core.errors import RunDirectoryError
 from stream.core.ledger import Sharing, parse_ledger
 from stream.core.locks import exclusive_lock
 from stream.core.plan import resolve_order
-from stream.core.rundir import ARTIFACTS_DIR, LEDGER_FILE, LOCK_FILE, check_run_dir_path, read_run_config
-from stream.core.store import ArtifactKey, ArtifactStore
+from stream.core.rundir import (ARTIFACTS_DIR, LEDGER_FILE, LOCK_FILE, ArtifactKey, check_run_dir_path,
+                               read_run_config)
 from stream.core.validation import unknown_name_error
 from stream.engine.config import RunConfig
 
@@ -54,19 +55,16 @@ def forget_task(run_dir: str | Path, method: str, task: str) -> tuple[RunConfig,
     order = resolve_order(config.tasks, config.order_seed)
     if task not in order:
         raise unknown_name_error("task", task, order)
-    from methods.registry import get_method_class
-
-    sharing = get_method_class(labels[method].name).sharing
+    sharing = method_info(labels[method].name).sharing
     step = order.index(task) + 1
     busy = (f"Another taskstream process (pid {{pid}}) is writing to {run_dir}; wait for it to finish before "
             "retraining a task.")
     with exclusive_lock(run_dir / LOCK_FILE, busy):
         folder = run_dir / FORGOTTEN_DIR / time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        store = ArtifactStore(run_dir / ARTIFACTS_DIR)
         steps = range(step, len(order) + 1) if sharing is Sharing.EVOLVING else (step,)
         moved = []
         for s in steps:
-            for path in store.paths(ArtifactKey(method, s, order[s - 1])):
+            for path in ArtifactKey(method, s, order[s - 1]).paths(run_dir / ARTIFACTS_DIR):
                 if path.exists():
                     target = folder / ARTIFACTS_DIR / method / path.name
                     target.parent.mkdir(parents=True, exist_ok=True)

@@ -50,10 +50,12 @@ def final_scores(table: pd.DataFrame) -> pd.DataFrame:
     last = table[table["step"] == table.groupby(["run", "method"])["step"].transform("max")]
     order = list(dict.fromkeys(table.sort_values("step")["task"]))
     out = last[["run", "method", "eval_task", "score", *CHANCE_COLUMNS]].rename(columns={"eval_task": "task"})
-    out = out.assign(position=out["task"].map(order.index)).sort_values(["run", "method", "position"], kind="stable")
+    methods = list(dict.fromkeys(table["method"]))  # the run's order, so colours match the other figures
+    out = out.assign(position=out["task"].map(order.index), method_position=out["method"].map(methods.index))
+    out = out.sort_values(["run", "method_position", "position"], kind="stable")
     out["margin"] = out["score"] - out["chance_score"]
     out["within_noise"] = out["margin"] < out["noise_band"]
-    return out.drop(columns="position").reset_index(drop=True)
+    return out.drop(columns=["position", "method_position"]).reset_index(drop=True)
 
 
 def plot_task_scores(scores: pd.DataFrame, *, title: str = "Final score per task, against guessing") -> Figure:

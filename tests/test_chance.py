@@ -18,9 +18,9 @@ SCORES = {  # (method, step, eval_task) -> score
 }
 
 
-def ledger_table(with_chance: bool = True) -> pd.DataFrame:
+def ledger_table(with_chance: bool = True, methods: tuple[str, ...] = ("full", "probe")) -> pd.DataFrame:
     rows = []
-    for (method, step, eval_task), score in SCORES.items():
+    for (method, step, eval_task), score in sorted(SCORES.items(), key=lambda item: methods.index(item[0][0])):
         row = {"run": "r", "method": method, "step": step, "task": ("sst2", "stsb")[step - 1],
                "eval_task": eval_task, "score": score, "cumulative_bytes": 100 * step, "artifact_bytes": 100}
         if with_chance:
@@ -43,6 +43,7 @@ def test_final_scores_mark_what_is_within_noise():
     assert scores.loc[("probe", "sst2"), "within_noise"]  # 2.1 above chance, band 3.4
     assert not scores.loc[("probe", "stsb"), "within_noise"]  # 6.0 above chance, band 5.2
     assert len(scores) == 4  # only the last step's rows
+    assert list(dict.fromkeys(final_scores(ledger_table(methods=("probe", "full")))["method"])) == ["probe", "full"]
 
 
 def test_the_average_chance_line_follows_the_tasks_seen():

@@ -15,9 +15,9 @@ Every strategy makes one forward pass per request (no batching, so the numbers i
 answers of the three are checked equal. Reported: requests per second over the stream (setup excluded),
 the setup time, and resident memory (RSS after setup and the peak, from /proc).
 
-    python bench/traffic.py --run-dir /tmp/taskstream-switch-latency --out bench/results/traffic
+    python -m bench.traffic --run-dir /tmp/taskstream-switch-latency --out bench/results/traffic
 
-The run is the switch-latency bench's (``bench/switch_latency.py`` makes it from ``--data-dir``).
+The run is the switch-latency bench's (``python -m bench.switch_latency`` makes it from ``--data-dir``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_setup import write_results  # first: offline HF defaults, this checkout on sys.path
+from bench.common import REPO, write_results  # first: offline Hugging Face defaults
 
 STRATEGIES = ("grouped", "per-request", "full-models")
 SENTENCES = ["a gripping, beautifully acted film", "the plot goes nowhere and the jokes fall flat",
@@ -130,14 +130,16 @@ def main(argv=None) -> int:
         print(json.dumps(worker(args)))
         return 0
     if not (args.run_dir / "ledger.jsonl").is_file():
-        raise SystemExit(f"{args.run_dir} is not a finished run; make one with bench/switch_latency.py --data-dir.")
+        raise SystemExit(f"{args.run_dir} is not a finished run; make one with "
+                         "python -m bench.switch_latency --data-dir.")
     results = {}
     for strategy in STRATEGIES:
-        command = [sys.executable, __file__, "--run-dir", str(args.run_dir), "--requests", str(args.requests),
-                   "--seed", str(args.seed), "--threads", str(args.threads), "--worker", strategy]
+        command = [sys.executable, "-m", "bench.traffic", "--run-dir", str(args.run_dir),
+                   "--requests", str(args.requests), "--seed", str(args.seed), "--threads", str(args.threads),
+                   "--worker", strategy]
         if args.methods:
             command += ["--methods", args.methods]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
         results[strategy] = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"{strategy}: {results[strategy]['requests_per_second']:.1f} requests/s", flush=True)
     reference = results["full-models"]["answers"]

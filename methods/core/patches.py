@@ -138,9 +138,10 @@ class _PositionEdit(Edit):
         self.positions = {name: index for name, index in positions.items() if index.numel()}
         self._cache: tuple | None = None  # (encoder ref, flat weights, buffer positions, new entries, originals)
 
-    def _resolve(self, encoder: nn.Module) -> tuple:
-        """(buffer, positions, new entries, originals), built on the first call for ``encoder`` and again only
-        if the encoder changed or its parameters left the flat buffer."""
+    def entries(self, encoder: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(flat buffer, sorted positions in it, new entries, originals): what apply and revert write, built on
+        the first call for ``encoder`` and again only if the encoder changed or its parameters left the flat
+        buffer. Read-only by contract (``bench/switch_floor.py`` times bare writes with them)."""
         cached = self._cache
         if cached is None or cached[0]() is not encoder or not cached[1].holds():
             with torch.inference_mode(False), torch.no_grad():  # kept for later switches: normal tensors
@@ -163,7 +164,7 @@ class _PositionEdit(Edit):
         return weakref.ref(encoder), weights, index, new, weights.buffer.index_select(0, index)
 
     def _save(self, encoder):
-        return {"resolved": self._resolve(encoder)}  # the originals are kept in the cache, not copied
+        return {"resolved": self.entries(encoder)}  # the originals are kept in the cache, not copied
 
     def _write(self, encoder):
         buffer, index, new, _ = self._saved["resolved"]

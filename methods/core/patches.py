@@ -21,8 +21,8 @@ reverts it. A patch is the task's head plus a list of edits to the encoder, each
    are built by the method's own load code.
 2. After ``revert`` every tensor of the encoder is bit-identical to before ``apply``. Position edits keep
    the k original values they overwrite (k values, not the tensor) and restore them by assignment
-   (``scatter_`` of the kept originals); nothing is ever undone by arithmetic, since ``(w + d) - d`` is not ``w`` in floating
-   point.
+   (``scatter_`` of the kept originals); nothing is ever undone by arithmetic, since ``(w + d) - d`` is not
+   ``w`` in floating point.
 
 A patch is built and applied against the live encoder while no other patch is applied (it may read the
 encoder's structure and values, and modules it wraps must be the pristine ones); a server applies one patch

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import write_results  # first: offline Hugging Face defaults
+from bench.common import command_line, write_results  # first: offline Hugging Face defaults
 from bench.switch_latency import full_copy_loaders, summary
 
 FLUSH_BYTES = 256 << 20  # well above any last-level cache here (32 MiB)
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
         f"thread(s), median of {args.rounds} rounds (operations shuffled per round); load average at the end "
         f"{load[0]:.2f} on {os.cpu_count()} cores; niceness at the start and the end {niceness[0]}, "
         f"{niceness[1]}.", "", *table])
-    record = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "run_dir": str(args.run_dir),
+    record = {"command": command_line("bench.switch_floor"), "run_dir": str(args.run_dir),
               "backbone": bank.backbone.identity, "buffer_elements": buffer.numel(), "rounds": args.rounds,
               "threads": args.threads, "cpu_count": os.cpu_count(), "load_average": load, "niceness": niceness,
               "lines_written": lines_written,

@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import write_results  # first: offline Hugging Face defaults
+from bench.common import command_line, write_results  # first: offline Hugging Face defaults
 
 DEFAULT_METHODS = "full,last_layer,linear_probe,adapters,bitfit,lora,masking,diff_pruning"
 
@@ -188,7 +188,7 @@ def report(args, bank, labels, full: str, rows: dict, in_place: dict, cold: dict
                 "mean_artifact_bytes": statistics.mean(sizes[label].values()), "equals_method_load": exact[label]}
                for label in labels]
     record = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line("bench.switch_latency"),
         "run_dir": str(args.run_dir), "run_config": bank.config, "backbone": bank.backbone.identity,
         "backbone_parameters": bank.backbone.num_parameters, "tasks": list(bank.tasks(full)),
         "threads": args.threads, "switches_per_method": args.switches, "cpu_count": os.cpu_count(),

@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import REPO, write_results  # first: offline Hugging Face defaults
+from bench.common import REPO, command_line, write_results  # first: offline Hugging Face defaults
 
 STRATEGIES = ("grouped", "per-request", "full-models")
 SENTENCES = ["a gripping, beautifully acted film", "the plot goes nowhere and the jokes fall flat",
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     same = {s: r["answers"] == reference for s, r in results.items()}
     for r in results.values():
         del r["answers"]
-    record = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "run_dir": str(args.run_dir),
+    record = {"command": command_line("bench.traffic"), "run_dir": str(args.run_dir),
               "requests": args.requests, "seed": args.seed, "threads": args.threads, "cpu_count": os.cpu_count(),
               "load_average": os.getloadavg(), "answers_equal_full_models": same, "strategies": results}
     first = results["grouped"]

@@ -7,6 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= $(TASKSTREAM_DATA_DIR)
 RUN_DIR ?= runs/default
+# one test process per core (pytest-xdist); the slowest tests are stolen by whichever worker is free
 PYTEST_ARGS ?=
 
 .PHONY: setup run test clean
@@ -24,7 +25,7 @@ run: setup
 
 test: setup
 	$(VENV)/bin/lint-imports
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -n auto --dist worksteal $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -13,6 +13,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from analysis.tables import chance_table
+
 CHANCE_COLUMNS = ("chance_score", "noise_band", "test_rows")
 
 
@@ -23,15 +25,16 @@ def _check_columns(table: pd.DataFrame) -> None:
                          "Re-run the stream with this version of taskstream to record each task's chance score.")
 
 
-def chance_table(table: pd.DataFrame) -> pd.DataFrame:
+def chance_overview(table: pd.DataFrame) -> pd.DataFrame:
     """One row per evaluated task of a :func:`analysis.tables.load_ledger` table, in arrival order:
-    ``task``, ``chance_score``, ``noise_band``, ``test_rows`` and ``noise_ceiling`` (chance + noise band: a
-    score must be above it to be told apart from guessing)."""
+    ``task``, ``chance_score`` and ``noise_band`` (as :func:`analysis.tables.chance_table` reads them),
+    ``test_rows`` and ``noise_ceiling`` (chance + noise band: a score must be above it to be told apart from
+    guessing)."""
     _check_columns(table)
     order = list(dict.fromkeys(table.sort_values("step")["task"]))
-    rows = table.dropna(subset=["chance_score"]).drop_duplicates("eval_task").set_index("eval_task")
-    out = rows.reindex([t for t in order if t in rows.index])[list(CHANCE_COLUMNS)].rename_axis("task").reset_index()
-    out["test_rows"] = out["test_rows"].astype(int)
+    chance = chance_table(table)
+    out = chance.reindex([t for t in order if t in chance.index]).reset_index()
+    out["test_rows"] = out["task"].map(table.groupby("eval_task")["test_rows"].first()).astype(int)
     out["noise_ceiling"] = out["chance_score"] + out["noise_band"]
     return out
 
@@ -47,19 +50,12 @@ def final_scores(table: pd.DataFrame) -> pd.DataFrame:
     last = table[table["step"] == table.groupby(["run", "method"])["step"].transform("max")]
     order = list(dict.fromkeys(table.sort_values("step")["task"]))
     out = last[["run", "method", "eval_task", "score", *CHANCE_COLUMNS]].rename(columns={"eval_task": "task"})
-    out = out.assign(position=out["task"].map(order.index)).sort_values(["run", "method", "position"], kind="stable")
+    methods = list(dict.fromkeys(table["method"]))  # the run's order, so colours match the other figures
+    out = out.assign(position=out["task"].map(order.index), method_position=out["method"].map(methods.index))
+    out = out.sort_values(["run", "method_position", "position"], kind="stable")
     out["margin"] = out["score"] - out["chance_score"]
     out["within_noise"] = out["margin"] < out["noise_band"]
-    return out.drop(columns="position").reset_index(drop=True)
-
-
-def average_chance(curve_table: pd.DataFrame, table: pd.DataFrame) -> pd.Series:
-    """The mean chance score over the tasks seen after each step (index: tasks seen): the line an
-    average-score curve must stay above, as it changes with the tasks that arrive."""
-    chance = chance_table(table).set_index("task")["chance_score"]
-    order = list(dict.fromkeys(table.sort_values("step")["task"]))
-    steps = sorted(curve_table["tasks_seen"].unique())
-    return pd.Series([float(chance.reindex(order[:int(t)]).mean()) for t in steps], index=steps, name="chance")
+    return out.drop(columns=["position", "method_position"]).reset_index(drop=True)
 
 
 def plot_task_scores(scores: pd.DataFrame, *, title: str = "Final score per task, against guessing") -> Figure:
@@ -99,14 +95,14 @@ def plot_task_scores(scores: pd.DataFrame, *, title: str = "Final score per task
     return fig
 
 
-def plot_average_against_chance(curve_table: pd.DataFrame, table: pd.DataFrame, *,
+def plot_average_against_chance(curve_table: pd.DataFrame, *,
                                 title: str = "Average score over the tasks seen, against guessing") -> Figure:
     """Each method's average score over the tasks seen (lines) and the average chance score of those tasks
-    (dashed), on a full 0-100 axis: the average changes as tasks of different difficulty arrive, and the
-    chance line changes with it."""
+    (dashed; :func:`analysis.tables.curves`' ``chance_average``), on a full 0-100 axis: the average changes as
+    tasks of different difficulty arrive, and the chance line changes with it."""
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    chance = average_chance(curve_table, table)
+    chance = curve_table.groupby("tasks_seen")["chance_average"].mean()
     ax.plot(chance.index, chance.to_numpy(), color="black", linestyle="--", marker="_", label="chance (mean)")
     for index, (method, rows) in enumerate(curve_table.groupby("method", sort=False)):
         rows = rows.groupby("tasks_seen")["average_score"].mean()

@@ -22,10 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
-from bench.common import write_results  # first: offline Hugging Face defaults
+from bench.common import command_line, write_results  # first: offline Hugging Face defaults
 
 from methods.core.codecs import (VALUE_DTYPES, pack_masks, positions_lower_bound_bits,  # noqa: E402
                             unpack_masks)
@@ -156,7 +155,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not records:
         raise SystemExit("No artifact with a lower bound (diff pruning, masking) under " + ", ".join(map(str, args.paths)))
     summaries = summarise(records)
-    info = {"command": " ".join(["python", "bench/artifact_bounds.py", *(argv if argv is not None else sys.argv[1:])]),
+    info = {"command": command_line("bench.artifact_bounds", argv),
             "artifacts": len(records), "sources": [str(p) for p in args.paths]}
     text = markdown(summaries, info)
     print(text)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 # The benchmarks read the bundled backbone and local GLUE copies: a missing file should fail at once, not
@@ -43,3 +45,9 @@ def write_results(out: Path | None, text: str, record: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
     out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def command_line(module: str, argv: Sequence[str] | None = None) -> str:
+    """How to repeat this bench, as a result file records it: ``python -m bench.NAME ARGS`` (relative to the
+    checkout, so no path of the machine that ran it leaks in); ``argv`` defaults to this process's arguments."""
+    return " ".join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])

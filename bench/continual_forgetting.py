@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-from bench.common import default_glue_dir  # first: offline Hugging Face defaults
+from bench.common import command_line, default_glue_dir  # first: offline Hugging Face defaults
 
 
 def _matrix_summary(matrix) -> dict:
@@ -71,7 +70,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     run_stream(config, args.run_dir, progress=False)
     table = load_ledger(args.run_dir)
-    results = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+    results = {"command": command_line("bench.continual_forgetting", argv),
                "config": config.to_dict(), "seconds": time.perf_counter() - start, "methods": {}}
     for spec in config.methods:
         label = spec.resolved_label

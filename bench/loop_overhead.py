@@ -29,12 +29,11 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
 
-from bench.common import default_glue_dir, write_results  # first: offline Hugging Face defaults
+from bench.common import command_line, default_glue_dir, write_results  # first: offline Hugging Face defaults
 
 import torch  # noqa: E402
 
@@ -236,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     backbone, arrival, stream = build(args)
     from stream.engine.runner import package_versions
 
-    info = {"command": " ".join(["python", "bench/loop_overhead.py", *(argv if argv is not None else sys.argv[1:])]),
+    info = {"command": command_line("bench.loop_overhead", argv),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info()["cpu"],
             "load_before": load_average(), "task": args.task, "examples": len(arrival.train),
             "batch_size": args.batch_size, "epochs": args.epochs, "rounds": args.rounds, "threads": args.threads}

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import REPO, write_results  # first: offline HF defaults
+from bench.common import REPO, command_line, write_results  # first: offline HF defaults
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
                         "median_cpu_s": statistics.median(c for _, c in runs), "runs": runs}
         print(f"{method}: {rows[method]['median_wall_s']:.1f} s wall, {rows[method]['median_cpu_s']:.1f} s CPU",
               flush=True)
-    record = {"command": shlex.join([Path(sys.executable).name, *sys.argv]), "run_dir": str(args.run_dir),
+    record = {"command": command_line("bench.predict_latency", [shlex.quote(arg) for arg in sys.argv[1:]]), "run_dir": str(args.run_dir),
               "task": args.task, "repeats": args.repeats, "cpu_count": os.cpu_count(),
               "load_average": os.getloadavg(), "niceness": os.nice(0), "note": args.note, "methods": rows}
     lines = [f"Cold `taskstream predict` of one example (task {args.task}) on run `{args.run_dir}`: median of "

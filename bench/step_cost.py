@@ -56,12 +56,11 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import REPO, default_glue_dir, write_results  # first: offline Hugging Face defaults
+from bench.common import command_line, default_glue_dir, write_results  # first: offline Hugging Face defaults
 
 import torch  # noqa: E402
 
@@ -453,9 +452,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     eval_batch_size=args.eval_batch_size, max_seq_length=args.seq_len)
     arrival = Arrival(step=1, task=get_task("rte"), budget=budget, seed=args.seed, train=train, dev=dev,
                       tests={"validation": test})
-    script = Path(sys.argv[0]).resolve()
-    shown = script.relative_to(REPO) if REPO in script.parents else script
-    info = {"command": " ".join(["python", str(shown), *(argv if argv is not None else sys.argv[1:])]),
+    info = {"command": command_line("bench.step_cost", argv),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(), "load_before": load_average(),
             "backbone": backbone.identity, "backbone_params": backbone.num_parameters, "data": data,
             **{k: getattr(args, k) for k in ("batch_size", "seq_len", "warmup", "steps", "rounds", "threads")}}

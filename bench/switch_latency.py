@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import write_results  # first: offline Hugging Face defaults
+from bench.common import command_line, write_results  # first: offline Hugging Face defaults
 
 DEFAULT_METHODS = "full,last_layer,linear_probe,adapters,bitfit,lora,masking,diff_pruning"
 
@@ -188,11 +188,12 @@ def report(args, bank, labels, full: str, rows: dict, in_place: dict, cold: dict
                 "mean_artifact_bytes": statistics.mean(sizes[label].values()), "equals_method_load": exact[label]}
                for label in labels]
     record = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line("bench.switch_latency"),
         "run_dir": str(args.run_dir), "run_config": bank.config, "backbone": bank.backbone.identity,
         "backbone_parameters": bank.backbone.num_parameters, "tasks": list(bank.tasks(full)),
         "threads": args.threads, "switches_per_method": args.switches, "cpu_count": os.cpu_count(),
-        "load_average": os.getloadavg(), "machine": platform.machine(), "versions": package_versions(),
+        "load_average": os.getloadavg(), "niceness": args.niceness, "machine": platform.machine(),
+        "versions": package_versions(),
         "baselines": {name: rows[name] for name in ("full copy, store read", "full copy, unchecked read")},
         "methods": results,
     }
@@ -200,7 +201,8 @@ def report(args, bank, labels, full: str, rows: dict, in_place: dict, cold: dict
              f"{args.threads} torch thread(s), median of {args.switches} switches per method alternating over "
              f"{', '.join(bank.tasks(full))}; load average at the end {record['load_average'][0]:.2f} on "
              f"{os.cpu_count()} cores (other jobs shared the machine; rounds interleave every method and the "
-             "baselines, so they shared the slowdown).", "",
+             "baselines, so they shared the slowdown); this process's niceness at the start and the end: "
+             f"{args.niceness[0]}, {args.niceness[1]}.", "",
              f"The run served: methods {', '.join(bank.methods)} (timed: {', '.join(labels)}); "
              f"budget {json.dumps(bank.config['budget'])} "
              "(made by this script from --data-dir when the run directory does not exist).", "",
@@ -231,6 +233,7 @@ def report(args, bank, labels, full: str, rows: dict, in_place: dict, cold: dict
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.niceness = [os.nice(0)]  # the priority it was started with, and (below) the one it ended with
     import torch
 
     from stream.engine.serving import TaskBank
@@ -252,6 +255,7 @@ def main(argv=None) -> int:
     exact = exact_everywhere(bank, labels)
     bank.reset(verify=True)  # raises unless the backbone is bit for bit the original
     rows = {name: summary(seconds) for name, seconds in timed.items()}
+    args.niceness.append(os.nice(0))
     record, text = report(args, bank, labels, full, rows, in_place, cold, exact)
     print(text)
     write_results(args.out, f"# Switch latency\n\n{text}\n\nCommand: `{record['command']}`\n", record)

@@ -12,12 +12,14 @@ their resident memory can be compared:
   kept in memory: no switch at all, one model per task and method.
 
 Every strategy makes one forward pass per request (no batching, so the numbers isolate switching); the
-answers of the three are checked equal. Reported: requests per second over the stream (setup excluded),
-the setup time, and resident memory (RSS after setup and the peak, from /proc).
+answers of the three are checked equal. Every artifact is read before timing (the bank switches to every pair
+once during setup: reads, verifies, builds the patch), so the timed part holds switches and forward passes.
+Reported: requests per second over the stream (setup excluded), the setup time, and resident memory (RSS after
+setup and the peak, from /proc).
 
-    python bench/traffic.py --run-dir /tmp/taskstream-switch-latency --out bench/results/traffic
+    python -m bench.traffic --run-dir /tmp/taskstream-switch-latency --out bench/results/traffic
 
-The run is the switch-latency bench's (``bench/switch_latency.py`` makes it from ``--data-dir``).
+The run is the switch-latency bench's (``python -m bench.switch_latency`` makes it from ``--data-dir``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_setup import write_results  # first: offline HF defaults, this checkout on sys.path
+from bench.common import REPO, command_line, write_results  # first: offline Hugging Face defaults
 
 STRATEGIES = ("grouped", "per-request", "full-models")
 SENTENCES = ["a gripping, beautifully acted film", "the plot goes nowhere and the jokes fall flat",
@@ -96,8 +98,11 @@ def worker(args: argparse.Namespace) -> dict:
         for label, task in sorted({(label, task) for label, task, _ in stream}):
             models[(label, task)] = bank.method(label).load(bank.read(task, label), bank.task_specs[task])
     else:
-        for label in {label for label, _, _ in stream}:
-            bank.method(label)  # build methods (and import their libraries) before timing
+        # Read and verify every artifact the stream needs and build its patch before timing, as full-models
+        # loads every model before timing: the timed part is then switches and forward passes only.
+        for label, task in sorted({(label, task) for label, task, _ in stream}):
+            bank.switch(task, label)
+        bank.reset()
     setup = time.perf_counter() - started
     after_setup = memory_kib()
     order = list(range(len(stream)))
@@ -105,6 +110,7 @@ def worker(args: argparse.Namespace) -> dict:
         order.sort(key=lambda i: stream[i][:2])
     answers: list = [None] * len(stream)
     switches = 0
+    switch_seconds = {"in place": 0.0, "rebuilt": 0.0}  # time spent switching, by how the new task is served
     started = time.perf_counter()
     with torch.inference_mode():
         for i in order:
@@ -112,14 +118,20 @@ def worker(args: argparse.Namespace) -> dict:
             if args.worker == "full-models":
                 model = models[(label, task)]
             else:
-                switches += bank.active != (label, task)
+                switching = bank.active != (label, task)
+                switches += switching
+                start = time.perf_counter()
                 model = bank.switch(task, label)
+                if switching:
+                    kind = "rebuilt" if bank.active_patch is None else "in place"
+                    switch_seconds[kind] += time.perf_counter() - start
             batch = encoded[i].batch(torch.arange(1))
             answers[i] = model(**{k: v for k, v in batch.items() if k != "labels"}).float()[0].tolist()
     seconds = time.perf_counter() - started
     bank.reset(verify=args.worker != "full-models")
     return {"strategy": args.worker, "requests": len(stream), "seconds": seconds, "setup_seconds": setup,
-            "requests_per_second": len(stream) / seconds, "switches": switches, "models_in_memory": len(models),
+            "requests_per_second": len(stream) / seconds, "switches": switches, "switch_seconds": switch_seconds,
+            "models_in_memory": len(models),
             "pairs": len({pair[:2] for pair in stream}), "after_setup": after_setup, "end": memory_kib(),
             "answers": answers}
 
@@ -130,21 +142,23 @@ def main(argv=None) -> int:
         print(json.dumps(worker(args)))
         return 0
     if not (args.run_dir / "ledger.jsonl").is_file():
-        raise SystemExit(f"{args.run_dir} is not a finished run; make one with bench/switch_latency.py --data-dir.")
+        raise SystemExit(f"{args.run_dir} is not a finished run; make one with "
+                         "python -m bench.switch_latency --data-dir.")
     results = {}
     for strategy in STRATEGIES:
-        command = [sys.executable, __file__, "--run-dir", str(args.run_dir), "--requests", str(args.requests),
-                   "--seed", str(args.seed), "--threads", str(args.threads), "--worker", strategy]
+        command = [sys.executable, "-m", "bench.traffic", "--run-dir", str(args.run_dir),
+                   "--requests", str(args.requests), "--seed", str(args.seed), "--threads", str(args.threads),
+                   "--worker", strategy]
         if args.methods:
             command += ["--methods", args.methods]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
         results[strategy] = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"{strategy}: {results[strategy]['requests_per_second']:.1f} requests/s", flush=True)
     reference = results["full-models"]["answers"]
     same = {s: r["answers"] == reference for s, r in results.items()}
     for r in results.values():
         del r["answers"]
-    record = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "run_dir": str(args.run_dir),
+    record = {"command": command_line("bench.traffic"), "run_dir": str(args.run_dir),
               "requests": args.requests, "seed": args.seed, "threads": args.threads, "cpu_count": os.cpu_count(),
               "load_average": os.getloadavg(), "answers_equal_full_models": same, "strategies": results}
     first = results["grouped"]
@@ -152,17 +166,22 @@ def main(argv=None) -> int:
              f"requests drawn at random (seed {args.seed}), one sentence or pair each, one forward pass per "
              f"request, {args.threads} torch thread(s); load average at the end {record['load_average'][0]:.2f} "
              f"on {os.cpu_count()} cores (other jobs shared the machine).", "",
-             "| strategy | requests/s | switches | models in memory | setup s | RSS after setup MiB | peak RSS MiB "
-             "| answers = full models' |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| strategy | requests/s | switches | time switching in place s | time rebuilding s | models in memory "
+             "| setup s | RSS after setup MiB | peak RSS MiB | answers = full models' |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['requests_per_second']:.1f} | {r['switches']} | "
+                     f"{r['switch_seconds']['in place']:.3f} | {r['switch_seconds']['rebuilt']:.2f} | "
                      f"{r['models_in_memory'] or 1} | {r['setup_seconds']:.1f} | "
                      f"{r['after_setup']['rss_kib'] / 1024:,.0f} | {r['end']['peak_kib'] / 1024:,.0f} | "
                      f"{'yes' if same[name] else 'NO'} |")
     lines += ["", "`grouped` and `per-request` serve from one TaskBank: one backbone in memory, each task's small "
-              "file applied in place (full finetuning and other whole-model methods are rebuilt from their file "
-              "at each switch). `full-models` keeps every (method, task) as its own full model. Each strategy "
-              "ran in its own process; RSS is /proc's VmRSS after setup, the peak VmHWM at the end."]
+              "file applied in place (full finetuning and other whole-model methods are rebuilt from their file, "
+              "read and checked again, at each switch); every artifact was read, verified and made a patch once "
+              "during setup, as full-models loads its models during setup. `full-models` keeps every (method, "
+              "task) as its own full model. Each strategy ran in its own process; RSS is /proc's VmRSS after "
+              "setup, the peak VmHWM at the end. The switching columns split the time spent in switches by how "
+              "the new task is served: a patch applied in place, or a model rebuilt from its file."]
     text = "\n".join(lines)
     print(text)
     write_results(args.out, f"# Mixed-task traffic\n\n{text}\n\nCommand: `{record['command']}`\n", record)

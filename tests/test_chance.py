@@ -7,8 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.chance import (average_chance, chance_table, final_scores, plot_average_against_chance,
-                             plot_task_scores)
+from analysis.chance import chance_overview, final_scores, plot_average_against_chance, plot_task_scores
 from analysis.tables import curves
 
 # Two methods, two arrivals: sst2 (chance 50.9, band 3.4), then stsb (chance 0, band 5.2).
@@ -19,9 +18,9 @@ SCORES = {  # (method, step, eval_task) -> score
 }
 
 
-def ledger_table(with_chance: bool = True) -> pd.DataFrame:
+def ledger_table(with_chance: bool = True, methods: tuple[str, ...] = ("full", "probe")) -> pd.DataFrame:
     rows = []
-    for (method, step, eval_task), score in SCORES.items():
+    for (method, step, eval_task), score in sorted(SCORES.items(), key=lambda item: methods.index(item[0][0])):
         row = {"run": "r", "method": method, "step": step, "task": ("sst2", "stsb")[step - 1],
                "eval_task": eval_task, "score": score, "cumulative_bytes": 100 * step, "artifact_bytes": 100}
         if with_chance:
@@ -30,8 +29,8 @@ def ledger_table(with_chance: bool = True) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_chance_table_one_row_per_task_in_arrival_order():
-    table = chance_table(ledger_table())
+def test_chance_overview_one_row_per_task_in_arrival_order():
+    table = chance_overview(ledger_table())
     assert table["task"].tolist() == ["sst2", "stsb"]
     assert table["test_rows"].tolist() == [872, 1500]
     assert table["noise_ceiling"].tolist() == pytest.approx([54.3, 5.2])
@@ -44,12 +43,15 @@ def test_final_scores_mark_what_is_within_noise():
     assert scores.loc[("probe", "sst2"), "within_noise"]  # 2.1 above chance, band 3.4
     assert not scores.loc[("probe", "stsb"), "within_noise"]  # 6.0 above chance, band 5.2
     assert len(scores) == 4  # only the last step's rows
+    assert list(dict.fromkeys(final_scores(ledger_table(methods=("probe", "full")))["method"])) == ["probe", "full"]
 
 
-def test_average_chance_follows_the_tasks_seen():
+def test_the_average_chance_line_follows_the_tasks_seen():
     table = ledger_table()
-    chance = average_chance(curves(table), table)
-    assert chance.to_dict() == pytest.approx({1: 50.9, 2: 25.45})
+    fig = plot_average_against_chance(curves(table))
+    chance = next(line for line in fig.axes[0].get_lines() if line.get_label() == "chance (mean)")
+    assert list(chance.get_xdata()) == [1, 2]
+    assert list(chance.get_ydata()) == pytest.approx([50.9, 25.45])
 
 
 def test_a_ledger_without_chance_scores_is_refused_with_the_fix():
@@ -65,5 +67,5 @@ def test_figures_draw_the_chance_line_and_band():
     assert first.get_ylim() == (0.0, 100.0)
     hatched = [patch for ax in fig.axes for patch in ax.patches if patch.get_hatch()]
     assert len(hatched) == 1  # probe on sst2
-    fig = plot_average_against_chance(curves(table), table)
+    fig = plot_average_against_chance(curves(table))
     assert fig.axes[0].get_ylim()[0] == 0.0

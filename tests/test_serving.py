@@ -17,10 +17,10 @@ import torch
 
 from methods.core.backbone import load_backbone, state_fingerprint
 from methods.core.flat_params import flat_weights
-from methods.core.patches import AddAtPositions, AssignValues, Edit, ServingPatch, ZeroAtPositions
+from methods.core.patches import AddAtPositions, AssignValues, Edit, ServingPatch, SwapModules, ZeroAtPositions
 from methods.core.task_model import TaskHead
 from methods.registry import build_method
-from stream.core.errors import ConfigError, DataError, RunDirectoryError
+from stream.core.errors import ArtifactError, ConfigError, DataError, RunDirectoryError
 from stream.core.scenario import Budget
 from stream.core.tasks import get_task
 from stream.engine.config import MethodSpec, RunConfig
@@ -164,6 +164,42 @@ def test_position_edits_restore_by_assignment_and_a_failed_apply_reverts(tiny_ba
     with pytest.raises(RuntimeError):
         half.apply(encoder)
     assert torch.equal(_bits(flat), _bits(before))
+
+
+def test_cached_switch_state_is_per_encoder_and_positions_may_come_unsorted(tiny_backbone):
+    """Edits cache what they resolve (buffer positions and entries, parameters, module parents) per encoder:
+    one patch applied to two encoders in turn edits each and restores each. Positions given out of order
+    are sorted with their values (the result equals load's ``index_add_``); a repeated position is refused."""
+    first, second = tiny_backbone.encoder, tiny_backbone.fresh_encoder()
+    names = [name for name, _ in first.named_parameters()]
+    big, bias = names[0], next(name for name in names if name.endswith("dense.bias"))
+    index = torch.tensor([7, 2, 5])  # unsorted
+    values = torch.tensor([0.5, -1.0, 3.0])
+    module_path = next(path for path, m in first.named_modules() if isinstance(m, torch.nn.Linear))
+    patch = ServingPatch([AddAtPositions({big: index, bias: torch.tensor([1, 0])},
+                                         {big: values, bias: torch.tensor([2.0, -2.0])}),
+                          ZeroAtPositions({bias: torch.tensor([3])}),
+                          AssignValues({"embeddings.LayerNorm.bias": torch.full_like(
+                              first.get_parameter("embeddings.LayerNorm.bias"), 0.125)}),
+                          SwapModules({module_path: torch.nn.Identity()})],
+                         TaskHead(tiny_backbone.hidden_size, 2), tiny_backbone.pooling)
+    for encoder in (first, second, first):
+        before = {name: _bits(p.detach()).clone() for name, p in encoder.named_parameters()}
+        original_module = encoder.get_submodule(module_path)
+        expected = encoder.get_parameter(big).detach().clone().view(-1).index_add_(0, index, values)
+        patch.apply(encoder)
+        assert torch.equal(_bits(encoder.get_parameter(big).detach().view(-1)), _bits(expected))
+        assert bool((encoder.get_parameter("embeddings.LayerNorm.bias") == 0.125).all())
+        assert isinstance(encoder.get_submodule(module_path), torch.nn.Identity)
+        patch.revert(encoder)
+        assert encoder.get_submodule(module_path) is original_module
+        assert all(torch.equal(_bits(p.detach()), before[name]) for name, p in encoder.named_parameters())
+    repeated = ServingPatch([ZeroAtPositions({big: torch.tensor([4, 1, 4])})], TaskHead(tiny_backbone.hidden_size, 2),
+                            tiny_backbone.pooling)
+    before = _bits(first.get_parameter(big).detach()).clone()
+    with pytest.raises(ArtifactError, match="more than once"):
+        repeated.apply(first)
+    assert not repeated.applied and torch.equal(_bits(first.get_parameter(big).detach()), before)
 
 
 def test_read_examples_from_text_and_csv(tmp_path):

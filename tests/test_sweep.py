@@ -181,12 +181,21 @@ def test_a_study_refuses_runs_made_by_another_spec(killed_and_resumed, spec_file
 @pytest.mark.ray
 def test_ray_backend_runs_the_same_study(killed_and_resumed, spec_file, tmp_path):
     ray = pytest.importorskip("ray")
+    # A third of the study (one seed, one order, and the broken run) keeps Ray's share of the suite short;
+    # its runs have the same ids, so their numbers must equal the local pool's exactly.
+    part = tmp_path / "part.toml"
+    part.write_text(spec_file.read_text().replace("seeds = [0, 1]", "seeds = [0]")
+                    .replace('orders = [["sst2", "rte", "stsb"], ["stsb", "sst2", "rte"]]',
+                             'orders = [["sst2", "rte", "stsb"]]'))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
              runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
     try:
-        outcome = run_study(StudySpec.from_file(spec_file), tmp_path / "ray", backend="ray", workers=2, threads=1,
+        outcome = run_study(StudySpec.from_file(part), tmp_path / "ray", backend="ray", workers=2, threads=1,
                             poll_seconds=0.5)
     finally:
         ray.shutdown()
-    assert len(outcome.completed) == 8 and set(outcome.failed) == {BROKEN}
-    assert _numbers(tmp_path / "ray") == _numbers(killed_and_resumed.study_dir)
+    assert len(outcome.completed) == 2 and set(outcome.failed) == {BROKEN}
+    numbers = _numbers(tmp_path / "ray")
+    local = _numbers(killed_and_resumed.study_dir)
+    assert {run for run, _, _ in numbers} == set(outcome.completed)
+    assert numbers == {key: value for key, value in local.items() if key[0] in outcome.completed}

@@ -164,14 +164,15 @@ class FlatWeights:
                 view = self.buffer[offsets[name]:offsets[name] + p.numel()].view(p.shape)
                 view.copy_(p)
                 p.data = view
-        self._pointers = tuple(p.data_ptr() for p in self._parameters)
+        self._pointers = list(map(torch.Tensor.data_ptr, self._parameters))
 
     def holds(self, encoder: nn.Module | None = None) -> bool:
         """Whether the parameters still live in the buffer (nothing moved or replaced them since), and, given
         ``encoder``, whether they are still exactly its parameters."""
         if encoder is not None and [id(p) for p in encoder.parameters()] != [id(p) for p in self._parameters]:
             return False
-        return tuple(p.data_ptr() for p in self._parameters) == self._pointers
+        # map over the C method: this runs at every switch, and a generator costs several times more.
+        return list(map(torch.Tensor.data_ptr, self._parameters)) == self._pointers
 
     def positions(self, local: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Positions in the buffer (one int64 tensor) of per-parameter flat positions (name -> (k_i,)), in the

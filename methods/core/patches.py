@@ -21,8 +21,8 @@ reverts it. A patch is the task's head plus a list of edits to the encoder, each
    are built by the method's own load code.
 2. After ``revert`` every tensor of the encoder is bit-identical to before ``apply``. Position edits keep
    the k original values they overwrite (k values, not the tensor) and restore them by assignment
-   (``index_copy_``); nothing is ever undone by arithmetic, since ``(w + d) - d`` is not ``w`` in floating
-   point.
+   (``scatter_`` of the kept originals); nothing is ever undone by arithmetic, since ``(w + d) - d`` is not
+   ``w`` in floating point.
 
 A patch is built and applied against the live encoder while no other patch is applied (it may read the
 encoder's structure and values, and modules it wraps must be the pristine ones); a server applies one patch
@@ -42,6 +42,7 @@ from torch import nn
 
 from methods.core.flat_params import flat_weights
 from methods.core.task_model import TaskHead, TaskModel
+from stream.core.errors import ArtifactError
 
 
 class Edit(abc.ABC):
@@ -95,41 +96,52 @@ class Edit(abc.ABC):
 
 
 class AssignValues(Edit):
-    """Write ``values`` (parameter name -> tensor of its shape, dtype and device) into the named parameters."""
+    """Write ``values`` (parameter name -> tensor of its shape, dtype and device) into the named parameters.
+
+    Writes and restores are one multi-tensor copy each (``torch._foreach_copy_``) rather than one call per
+    parameter: BitFit touches about fifty small tensors, where per-call overhead is the whole cost.
+    """
 
     def __init__(self, values: Mapping[str, torch.Tensor]) -> None:
         self.values = dict(values)
+        self._sources = list(self.values.values())
+
+    def _targets(self, encoder: nn.Module) -> list[torch.Tensor]:
+        return list(self._parameters(encoder, self.values).values())  # in the order of self.values
 
     def _save(self, encoder):
-        return {name: param.detach().clone() for name, param in self._parameters(encoder, self.values).items()}
+        return {"originals": [param.detach().clone() for param in self._targets(encoder)]}
 
     def _write(self, encoder):
         with torch.no_grad():
-            for name, param in self._parameters(encoder, self.values).items():
-                param.copy_(self.values[name])
+            torch._foreach_copy_(self._targets(encoder), self._sources)
 
     def _restore(self, encoder, saved):
         with torch.no_grad():
-            for name, param in self._parameters(encoder, self.values).items():
-                param.copy_(saved[name])
+            torch._foreach_copy_(self._targets(encoder), saved["originals"])
 
 
 class _PositionEdit(Edit):
     """Overwrite entries at flat positions of named parameters, through the encoder's one flat buffer.
 
-    ``positions``: parameter name -> int64 (k_i,) flat positions into that parameter. On the first apply to an
-    encoder the positions become positions in the encoder's flat buffer (:func:`flat_weights`, which moves the
-    parameters into one buffer the first time), and the k original entries and the k new ones are computed
-    once and kept: from then on apply is one ``index_copy_`` of the new entries and revert one of the
-    originals, whatever the number of tensors touched. This relies on the serving contract above: the encoder
-    holds the same values at every apply (the pristine backbone), as it did at the first.
+    ``positions``: parameter name -> int64 (k_i,) flat positions into that parameter, each position at most
+    once. On the first apply to an encoder the positions become sorted positions in the encoder's flat buffer
+    (:func:`flat_weights`, which moves the parameters into one buffer the first time), and the k original
+    entries and the k new ones are computed once and kept: from then on apply is one ``scatter_`` of the new
+    entries and revert one of the originals, whatever the number of tensors touched. (``scatter_`` rather
+    than ``index_copy_``: the same assignment for distinct positions, at about half the per-entry cost.)
+    This relies on the serving contract above: the encoder holds the same values at every apply (the pristine
+    backbone), as it did at the first.
     """
 
     def __init__(self, positions: Mapping[str, torch.Tensor]) -> None:
         self.positions = {name: index for name, index in positions.items() if index.numel()}
         self._cache: tuple | None = None  # (encoder ref, flat weights, buffer positions, new entries, originals)
 
-    def _resolve(self, encoder: nn.Module) -> tuple:
+    def entries(self, encoder: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(flat buffer, sorted positions in it, new entries, originals): what apply and revert write, built on
+        the first call for ``encoder`` and again only if the encoder changed or its parameters left the flat
+        buffer. Read-only by contract (``bench/switch_floor.py`` times bare writes with them)."""
         cached = self._cache
         if cached is None or cached[0]() is not encoder or not cached[1].holds():
             with torch.inference_mode(False), torch.no_grad():  # kept for later switches: normal tensors
@@ -140,20 +152,27 @@ class _PositionEdit(Edit):
         weights = flat_weights(encoder)
         order = sorted(self.positions, key=weights.offsets.__getitem__)  # ascending: cache-friendly
         index = weights.positions({name: self.positions[name] for name in order})
-        old = weights.buffer.index_select(0, index)
-        return weakref.ref(encoder), weights, index, self._new_entries(order, old), old
+        new = self._new_entries(order, weights.buffer.index_select(0, index))
+        if index.numel() > 1 and not bool((index[1:] > index[:-1]).all()):
+            index, permutation = torch.sort(index)
+            new = new[permutation]
+            repeated = index[1:] == index[:-1]
+            if bool(repeated.any()):
+                raise ArtifactError(f"{type(self).__name__} got flat position {int(index[1:][repeated][0])} of the "
+                                    "encoder more than once; a task's positions must be distinct (the artifact "
+                                    "is damaged or was written by another version).")
+        return weakref.ref(encoder), weights, index, new, weights.buffer.index_select(0, index)
 
     def _save(self, encoder):
-        self._resolve(encoder)
-        return {}  # the originals are kept by _resolve
+        return {"resolved": self.entries(encoder)}  # the originals are kept in the cache, not copied
 
     def _write(self, encoder):
-        buffer, index, new, _ = self._resolve(encoder)
-        buffer.index_copy_(0, index, new)
+        buffer, index, new, _ = self._saved["resolved"]
+        buffer.scatter_(0, index, new)
 
     def _restore(self, encoder, saved):
-        buffer, index, _, old = self._resolve(encoder)
-        buffer.index_copy_(0, index, old)
+        buffer, index, _, old = saved["resolved"]  # exactly where apply wrote, even if the cache was rebuilt since
+        buffer.scatter_(0, index, old)
 
     @abc.abstractmethod
     def _new_entries(self, order: Sequence[str], old: torch.Tensor) -> torch.Tensor:
@@ -193,22 +212,31 @@ class SwapModules(Edit):
     """Put ``modules`` (module path -> module) into the encoder; the displaced modules go back on revert.
 
     The modules are put in eval mode here, once: a served encoder is in eval mode, and a switch does not
-    walk the whole encoder to set it again.
+    walk the whole encoder to set it again. The module paths are resolved to (parent module, attribute) once
+    per encoder: a served encoder's structure changes only through patches, which put every module back, so
+    the parents stay the live ones (resolving dotted paths at every switch cost more than the swap itself).
     """
 
     def __init__(self, modules: Mapping[str, nn.Module]) -> None:
         self.modules = {path: module.eval() for path, module in modules.items()}
+        self._slots: tuple[weakref.ref, tuple[tuple[nn.Module, str], ...]] | None = None
+
+    def _parents(self, encoder: nn.Module) -> tuple[tuple[nn.Module, str], ...]:
+        """(parent module, attribute name) of every path, in the order of ``self.modules``."""
+        if self._slots is None or self._slots[0]() is not encoder:
+            self._slots = (weakref.ref(encoder), tuple(_parent(encoder, path) for path in self.modules))
+        return self._slots[1]
 
     def _save(self, encoder):
-        return {path: getattr(*_parent(encoder, path)) for path in self.modules}
+        return {"originals": [getattr(parent, attr) for parent, attr in self._parents(encoder)]}
 
     def _write(self, encoder):
-        for path, module in self.modules.items():
-            setattr(*_parent(encoder, path), module)
+        for (parent, attr), module in zip(self._parents(encoder), self.modules.values()):
+            setattr(parent, attr, module)
 
     def _restore(self, encoder, saved):
-        for path, original in saved.items():
-            setattr(*_parent(encoder, path), original)
+        for (parent, attr), original in zip(self._parents(encoder), saved["originals"]):
+            setattr(parent, attr, original)
 
 
 class ServingPatch:

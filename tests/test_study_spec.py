@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,11 @@ def test_parallelism_defaults():
     assert resolve_parallelism(3, None, cores=2) == (3, 1)
     with pytest.raises(ConfigError, match="workers must be an integer >= 1"):
         resolve_parallelism(0, None)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "bench" / "studies").glob("*.toml")),
+                         ids=lambda path: path.stem)
+def test_every_committed_study_file_is_a_valid_spec(path):
+    spec = StudySpec.from_file(path)
+    assert spec.name == path.stem  # the README and bench scripts find a study's folder by its file name
+    assert spec.runs

@@ -33,6 +33,7 @@ def chance_overview(table: pd.DataFrame) -> pd.DataFrame:
     _check_columns(table)
     order = list(dict.fromkeys(table.sort_values("step")["task"]))
     chance = chance_table(table)
+    chance = chance.dropna(subset=["chance_score"])
     out = chance.reindex([t for t in order if t in chance.index]).reset_index()
     out["test_rows"] = out["task"].map(table.groupby("eval_task")["test_rows"].first()).astype(int)
     out["noise_ceiling"] = out["chance_score"] + out["noise_band"]
@@ -100,6 +101,10 @@ def plot_average_against_chance(curve_table: pd.DataFrame, *,
     """Each method's average score over the tasks seen (lines) and the average chance score of those tasks
     (dashed; :func:`analysis.tables.curves`' ``chance_average``), on a full 0-100 axis: the average changes as
     tasks of different difficulty arrive, and the chance line changes with it."""
+    if "chance_average" not in curve_table or curve_table["chance_average"].isna().any():
+        raise ValueError("The curves have no chance average for some step (ledger rows written before ledger "
+                         "schema 2). Re-run the stream with this version of taskstream to record each task's "
+                         "chance score.")
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
     chance = curve_table.groupby("tasks_seen")["chance_average"].mean()

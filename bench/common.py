@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,4 +51,4 @@ def write_results(out: Path | None, text: str, record: dict) -> None:
 def command_line(module: str, argv: Sequence[str] | None = None) -> str:
     """How to repeat this bench, as a result file records it: ``python -m bench.NAME ARGS`` (relative to the
     checkout, so no path of the machine that ran it leaks in); ``argv`` defaults to this process's arguments."""
-    return " ".join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
+    return " ".join(["python", "-m", module, shlex.join(sys.argv[1:] if argv is None else argv)]).rstrip()

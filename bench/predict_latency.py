@@ -5,8 +5,8 @@ TEXT`), so every import and the backbone load are paid, as a user pays them; the
 the page cache after the first repetition. Reports the median wall time per method and the CPU time (user
 + system) of the child, which a busy machine inflates less than the wall time.
 
-    cp -r /work/runs/default_bench /tmp/predict-run   # a finished run (predict only reads it)
-    nice -n -5 python -m bench.predict_latency --run-dir /tmp/predict-run --methods full,diff_pruning,adapters \
+    taskstream run --run-dir runs/default     # a finished run (predict only reads it)
+    nice -n -5 python -m bench.predict_latency --run-dir runs/default --methods full,diff_pruning,adapters \\
         --note "..." --out bench/results/predict_latency
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -60,7 +59,7 @@ def main(argv=None) -> int:
                         "median_cpu_s": statistics.median(c for _, c in runs), "runs": runs}
         print(f"{method}: {rows[method]['median_wall_s']:.1f} s wall, {rows[method]['median_cpu_s']:.1f} s CPU",
               flush=True)
-    record = {"command": command_line("bench.predict_latency", [shlex.quote(arg) for arg in sys.argv[1:]]), "run_dir": str(args.run_dir),
+    record = {"command": command_line("bench.predict_latency"), "run_dir": str(args.run_dir),
               "task": args.task, "repeats": args.repeats, "cpu_count": os.cpu_count(),
               "load_average": os.getloadavg(), "niceness": os.nice(0), "note": args.note, "methods": rows}
     lines = [f"Cold `taskstream predict` of one example (task {args.task}) on run `{args.run_dir}`: median of "

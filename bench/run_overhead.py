@@ -43,7 +43,7 @@ import json  # noqa: E402
 from collections import defaultdict  # noqa: E402
 
 # Before anything imports a Hugging Face library: offline defaults.
-from bench.common import write_results  # noqa: E402
+from bench.common import command_line, write_results  # noqa: E402
 
 TIMES: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])  # name -> [wall, cpu, calls]
 
@@ -103,14 +103,15 @@ def instrument() -> None:
     patch(runner, "evaluate", "evaluation: evaluate")
     patch(analysis.report, "write_run_report", "end: figures and report")
     patch(stream.engine.cli, "_print_summary", "end: printed summary")
-    original_build = runner.build_method
+    original_get = runner.get_method_class
 
-    def build_method(*args, **kwargs):
-        method = original_build(*args, **kwargs)
-        method.train = timed("training: method.train", method.train)
-        return method
+    def get_method_class(name):
+        cls = original_get(name)
+        if not hasattr(cls.train, "__wrapped__"):  # once per class (a subclass may inherit the wrapped one)
+            cls.train = timed("training: method.train", cls.train)
+        return cls
 
-    runner.build_method = timed("setup: build method", build_method)
+    runner.get_method_class = timed("setup: method class", get_method_class)
 
 
 def ledger_phases(run_dir: Path) -> dict[str, float]:
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     run_dir = Path(run_args[run_args.index("--run-dir") + 1]) if "--run-dir" in run_args else Path("runs/default")
-    info = {"command": " ".join(["python", "bench/run_overhead.py", *argv]), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    info = {"command": command_line("bench.run_overhead", argv), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "machine": machine_info()["cpu"], "threads": args.threads, "load_before": load_average(),
             "age_at_start": _AGE_AT_START}
     status = cli_main(["run", *run_args])

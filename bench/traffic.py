@@ -146,12 +146,14 @@ def main(argv=None) -> int:
                          "python -m bench.switch_latency --data-dir.")
     results = {}
     for strategy in STRATEGIES:
-        command = [sys.executable, "-m", "bench.traffic", "--run-dir", str(args.run_dir),
+        command = [sys.executable, "-m", "bench.traffic", "--run-dir", str(args.run_dir.resolve()),
                    "--requests", str(args.requests), "--seed", str(args.seed), "--threads", str(args.threads),
                    "--worker", strategy]
         if args.methods:
             command += ["--methods", args.methods]
-        done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+        if done.returncode != 0:
+            raise SystemExit(f"the {strategy} worker failed (exit {done.returncode}):\n{done.stderr}")
         results[strategy] = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"{strategy}: {results[strategy]['requests_per_second']:.1f} requests/s", flush=True)
     reference = results["full-models"]["answers"]

@@ -119,6 +119,11 @@ def register_method(cls: type[Method]) -> type[Method]:
         raise TypeError(f"{cls.__name__}.name must be an identifier string; got {name!r}")
     if name in _REGISTRY and _REGISTRY[name] is not cls:
         raise ValueError(f"A method named {name!r} is already registered ({_REGISTRY[name].__qualname__}).")
+    builtin = BUILTIN_METHODS.get(name)
+    if builtin is not None and cls.__module__ != f"methods.{builtin.module}":
+        # the built-in's module may not be imported yet; a same-named class would shadow it silently
+        raise ValueError(f"{name!r} is a built-in method (methods/{builtin.module}.py); give {cls.__qualname__} "
+                         "another name.")
     if not (isinstance(cls.config_class, type) and issubclass(cls.config_class, MethodConfig)):
         raise TypeError(f"{cls.__name__}.config_class must subclass MethodConfig")
     _REGISTRY[name] = cls

@@ -57,6 +57,14 @@ def test_the_average_chance_line_follows_the_tasks_seen():
 def test_a_ledger_without_chance_scores_is_refused_with_the_fix():
     with pytest.raises(ValueError, match="schema 2.*Re-run"):
         final_scores(ledger_table(with_chance=False))
+    with pytest.raises(ValueError, match="schema 2.*Re-run"):
+        plot_average_against_chance(curves(ledger_table(with_chance=False)))
+
+
+def test_a_task_without_a_chance_score_is_left_out_of_the_overview():
+    table = ledger_table()
+    table.loc[table["eval_task"] == "stsb", ["chance_score", "noise_band", "test_rows"]] = float("nan")
+    assert chance_overview(table)["task"].tolist() == ["sst2"]
 
 
 def test_figures_draw_the_chance_line_and_band():

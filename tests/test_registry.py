@@ -45,7 +45,7 @@ def test_every_method_module_has_its_config_module_and_back():
         assert entry.config_class.__module__ == f"methods.configs.{entry.module}"
 
 
-def test_config_classes_and_option_defaults_need_no_method_module():
+def test_config_classes_and_option_defaults_come_from_the_catalogue():
     assert config_class("last_layer").__name__ == "LastLayerConfig"
     assert option_defaults("last_layer") == {"learning_rate": 5e-4, "head_learning_rate": 1e-3, "k": 1}
     assert option_defaults("bitfit") == {"learning_rate": 3e-3}
@@ -75,3 +75,5 @@ def test_a_method_registered_from_outside_methods_is_known_by_its_class(monkeypa
     assert option_defaults("toy") == {"width": 3}
     with pytest.raises(ValueError, match="already registered"):
         registry.register_method(type("Other", (ToyMethod,), {}))
+    with pytest.raises(ValueError, match="'lora' is a built-in method.*another name"):
+        registry.register_method(type("MyLora", (ToyMethod,), {"name": "lora"}))

@@ -79,3 +79,13 @@ def test_small_commands_and_input_errors_import_no_heavy_library(case, tmp_path)
     assert message in result["stderr"]
     assert result["heavy"] == [], f"{case} imported {result['heavy']}"
     assert not (tmp_path / "runs").exists()  # an error writes nothing
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    # `taskstream methods | head -3`: the pipe closes before the listing is written
+    process = subprocess.Popen([sys.executable, "-m", "stream.engine.cli", "methods"], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr

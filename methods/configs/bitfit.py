@@ -9,6 +9,7 @@ from methods.core.config import MethodConfig
 
 @dataclass(frozen=True, kw_only=True)
 class BitFitConfig(MethodConfig):
-    """Options of :class:`BitFitMethod`: the shared ones, with a large learning rate (see the module docstring)."""
+    """Options of :class:`~methods.bitfit.BitFitMethod`: the shared ones, with a large learning rate (see
+    :mod:`methods.bitfit`)."""
 
     learning_rate: float = 3e-3

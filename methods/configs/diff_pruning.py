@@ -24,7 +24,7 @@ def _require_variant(config: DiffPruningConfig, variant: str, alias: str) -> Non
 
 @dataclass(frozen=True, kw_only=True)
 class DiffPruningConfig(MethodConfig):
-    """Options of diff pruning (module docstring: what each stage does, and how the defaults were chosen).
+    """Options of diff pruning (:mod:`methods.diff_pruning`: what each stage does, and how the defaults were chosen).
 
     Attributes:
         variant: ``structured`` (per-tensor group gates), ``unstructured`` or ``nonadaptive``.
@@ -44,7 +44,8 @@ class DiffPruningConfig(MethodConfig):
         alpha_eps: Adam epsilon of the log-alpha group (default 1e-8, the paper's).
         l0_control: ``schedule`` (default): after every step the open gates with the lowest log-alpha are
             closed so that the fraction of open gates follows a cubic schedule from 1 to ``target_density``
-            over the first ``l0_schedule_fraction`` of stage 1, then stays there (:class:`DensityController`);
+            over the first ``l0_schedule_fraction`` of stage 1, then stays there
+            (:class:`~methods.diff_pruning.DensityController`);
             ``fixed``: the paper's penalty ``l0_penalty * expected L0`` in the loss.
         l0_penalty: lambda, the weight of the fixed penalty (paper 1.25e-7 on BERT-large).
         l0_schedule_fraction: the share of stage 1 over which the scheduled density falls to the target;

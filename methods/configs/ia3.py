@@ -11,7 +11,7 @@ from stream.core.errors import ConfigError
 @dataclass(frozen=True, kw_only=True)
 class Ia3Config(PeftTunerConfig):
     """(IA)3 scaling vectors on the linear layers named by ``target_modules`` (see
-    :class:`~methods.core.peft_tuner.PeftTunerConfig`).
+    :class:`~methods.core.config.PeftTunerConfig`).
 
     Attributes:
         target_modules: peft's own default for BERT-style encoders: keys, values and ``output.dense``.

@@ -11,7 +11,7 @@ from stream.core.validation import check_int, check_real
 @dataclass(frozen=True, kw_only=True)
 class LoraConfig(PeftTunerConfig):
     """LoRA of rank ``rank`` on the linear layers named by ``target_modules`` (see
-    :class:`~methods.core.peft_tuner.PeftTunerConfig`).
+    :class:`~methods.core.config.PeftTunerConfig`).
 
     Attributes:
         rank: r, the rank of each update B A. The LoRA paper's GLUE setting is 8.

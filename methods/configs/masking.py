@@ -23,7 +23,7 @@ TARGET_PATHS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True, kw_only=True)
 class MaskingConfig(MethodConfig):
-    """Options of :class:`MaskingMethod` (see the module docstring for the method).
+    """Options of :class:`~methods.masking.MaskingMethod` (see :mod:`methods.masking` for the method).
 
     Attributes:
         learning_rate: Adam learning rate of the mask scores (never weight-decayed).

@@ -12,8 +12,8 @@ Loading injects the tuner with those settings into a fresh copy of the backbone 
 ``set_peft_model_state_dict``. Nothing is pickled and nothing reaches the Hub. ``new_params`` counts every
 stored tensor element (tuner tensors and head).
 
-A new peft tuner subclasses :class:`PeftTunerConfig` and :class:`PeftTuner`, sets ``peft_config_class``,
-``layer_class`` and ``tensor_prefix``, and writes :meth:`PeftTuner.peft_settings`.
+A new peft tuner subclasses :class:`~methods.core.config.PeftTunerConfig` and :class:`PeftTuner`, sets
+``peft_config_class``, ``layer_class`` and ``tensor_prefix``, and writes :meth:`PeftTuner.peft_settings`.
 """
 
 from __future__ import annotations

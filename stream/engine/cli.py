@@ -323,10 +323,14 @@ def _cmd_methods(args) -> int:
 
     from methods.registry import method_info, method_names, option_defaults, shared_option_defaults
 
+    def shown(value) -> str:
+        # written as on the command line and in config files: a list joined with "+", none, true/false
+        if isinstance(value, tuple):
+            return "+".join(map(str, value))
+        return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
     def options(values) -> str:
-        # written as on the command line: a list joined with "+", None as none
-        return " ".join(f"{key}={'+'.join(value) if isinstance(value, tuple) else value}".replace("=None", "=none")
-                        for key, value in values.items())
+        return " ".join(f"{key}={shown(value)}" for key, value in values.items())
 
     for name in method_names():
         info = method_info(name)
@@ -396,7 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     from stream.core.errors import TaskstreamError
 
     try:
-        return _COMMANDS[args.command](args)
+        code = _COMMANDS[args.command](args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not as an error at exit
+        return code
     except TaskstreamError as exc:
         print(f"taskstream: error: {exc}", file=sys.stderr)
         return 2
@@ -406,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("taskstream: interrupted; re-run the same command to resume.", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`taskstream methods | head`): stop quietly, as shell tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -40,13 +40,13 @@ class ServedTask:
     sha256: str
 
 
-def read_run_config(run_dir: Path) -> dict[str, Any]:
+def read_served_config(run_dir: Path) -> dict[str, Any]:
     """The saved config of a run directory (``config.json``, as :meth:`stream.engine.config.RunConfig.to_dict` wrote
     it). Kept as plain data: a method's spec is validated, and its module imported, only when it is served."""
     path = run_dir / CONFIG_FILE
     if not path.is_file() or not (run_dir / LEDGER_FILE).is_file():
         raise RunDirectoryError(f"{run_dir} is not a taskstream run directory (it lacks {CONFIG_FILE} or "
-                                f"{LEDGER_FILE}): give the --run-dir of a run made by `taskstream run`.")
+                                f"{LEDGER_FILE}): give a run directory made by `taskstream run`.")
     return read_saved_config(run_dir)
 
 
@@ -108,7 +108,7 @@ class RunIndex:
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
-        self.config = read_run_config(self.run_dir)
+        self.config = read_served_config(self.run_dir)
         self.served = served_tasks(self.run_dir)
         if not self.served:
             raise RunDirectoryError(f"Run {self.run_dir} has no completed step to serve yet.")

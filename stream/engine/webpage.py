@@ -29,7 +29,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from stream.core.errors import ArtifactError, ConfigError, DataError, RunDirectoryError
 from stream.core.ledger import read_ledger
 from stream.core.rundir import CONFIG_FILE, LEDGER_FILE
-from stream.engine.run_index import read_run_config
+from stream.engine.run_index import read_served_config
 from stream.engine.serving import TaskBank
 
 MAX_TEXT_CHARS = 1000
@@ -117,19 +117,19 @@ class PageServer:
         """The run's bank; call with :attr:`lock` held (building it may load the backbone)."""
         if run not in self._banks:
             backbone = self._backbone or next((b.backbone for b in self._banks.values()
-                                               if b.config["backbone"] == read_run_config(self.runs[run])["backbone"]),
+                                               if b.config["backbone"] == read_served_config(self.runs[run])["backbone"]),
                                               None)
             self._banks[run] = TaskBank(self.runs[run], backbone=backbone, device=self._device)
         return self._banks[run]
 
     def progress(self, run: str) -> Progress:
-        config = read_run_config(self.runs[run])
+        config = read_served_config(self.runs[run])
         done = {(row["method"], row["task"]) for row in read_ledger(self.runs[run])}
         return Progress(done=len(done), planned=len(config["tasks"]) * len(config["methods"]))
 
     def tasks(self, run: str) -> dict[str, tuple[str, ...]]:
         """Each task of the run with a finished step, with its text columns, in the run's order."""
-        config = read_run_config(self.runs[run])
+        config = read_served_config(self.runs[run])
         done = {row["task"] for row in read_ledger(self.runs[run])}
         with self.lock:
             bank = self.bank(run)

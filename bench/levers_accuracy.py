@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 from pathlib import Path
 
 from bench.common import REPO, command_line, write_results  # first: offline Hugging Face defaults
@@ -28,65 +29,96 @@ OUT = REPO / "bench" / "results" / "levers_accuracy"
 REFERENCE_STEPS = 200
 
 
-def own_scores(study_dir: Path, steps: int | None = None) -> dict[str, dict]:
-    """task -> {dev, test, train_seconds, precision, steps} of the study's runs on their own task (the run of
-    ``steps`` optimizer steps when the study has several budgets)."""
+def own_scores(study_dir: Path, *, steps: int | None = None, budget: str | None = None) -> dict[int, dict[str, dict]]:
+    """seed -> task -> {dev, test, train_seconds} of the study's runs on their own task, keeping the runs of
+    ``steps`` optimizer steps and of the study budget named ``budget`` when given."""
     table = load_ledger(study_dir)
     own = table[table["eval_task"] == table["task"]]
     if steps is not None:
         own = own[own["train_steps"] == steps]
-    return {row["task"]: {"dev": row["dev_score"], "test": row["score"], "train_seconds": row["seconds"]["train"],
-                          "precision": (row["numerics"] or {}).get("precision")}
-            for row in own.to_dict("records")}
+    if budget is not None:
+        own = own[own["budget"] == budget]
+    out: dict[int, dict[str, dict]] = {}
+    for row in own.to_dict("records"):
+        out.setdefault(int(row["seed"]), {})[row["task"]] = {
+            "dev": row["dev_score"], "test": row["score"], "train_seconds": row["seconds"]["train"]}
+    return out
 
 
-def compare(reference: dict[str, dict], without: dict[str, dict], tolerance: float) -> list[dict]:
-    """One row per task the lever-off run finished: both runs' dev and test scores and the lever's cost
-    (lever-off dev minus reference dev; negative: the lever's run scored higher)."""
+def merged(*parts: dict[int, dict[str, dict]]) -> dict[int, dict[str, dict]]:
+    """Seed-keyed scores from several studies in one mapping (a seed's tasks from every part)."""
+    out: dict[int, dict[str, dict]] = {}
+    for part in parts:
+        for seed, tasks in part.items():
+            out.setdefault(seed, {}).update(tasks)
+    return out
+
+
+def compare(reference: dict[int, dict[str, dict]], without: dict[int, dict[str, dict]],
+            tolerance: float) -> list[dict]:
+    """One row per task: the lever's cost on every seed both sides finished (lever-off dev minus reference
+    dev; negative: the lever's run scored higher), their mean and sample sd, and whether the mean is within
+    ``tolerance``; the scores are means over those seeds."""
     rows = []
-    for task, off in without.items():
-        if task not in reference:
+    tasks = list(dict.fromkeys(task for seed in sorted(without) for task in without[seed]))
+    for task in tasks:
+        seeds = [s for s in sorted(without) if task in without[s] and task in reference.get(s, {})]
+        if not seeds:
             continue
-        on = reference[task]
-        cost = off["dev"] - on["dev"]
-        rows.append({"task": task, "dev_on": on["dev"], "dev_off": off["dev"], "test_on": on["test"],
-                     "test_off": off["test"], "cost": cost, "within": cost <= tolerance,
-                     "train_seconds_on": on["train_seconds"], "train_seconds_off": off["train_seconds"]})
+        on = [reference[s][task] for s in seeds]
+        off = [without[s][task] for s in seeds]
+        costs = [b["dev"] - a["dev"] for a, b in zip(on, off)]
+        mean = statistics.fmean(costs)
+        rows.append({"task": task, "seeds": seeds, "costs": costs, "cost": mean,
+                     "cost_sd": statistics.stdev(costs) if len(costs) > 1 else math.nan,
+                     "within": mean <= tolerance,
+                     **{f"{key}_{side}": statistics.fmean(r[key] for r in runs)
+                        for side, runs in (("on", on), ("off", off)) for key in ("dev", "test", "train_seconds")}})
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("budget_study", type=Path, help="the budget study's folder (its 200-step run)")
-    parser.add_argument("fp32_study", type=Path, help="levers_fp32_grouped's folder (bf16 off)")
-    parser.add_argument("random_study", type=Path, help="levers_bf16_random's folder (length grouping off)")
+    parser.add_argument("budget_study", type=Path, help="the budget study's folder (its 200-step run, seed 0)")
+    parser.add_argument("fp32_study", type=Path, help="levers_fp32_grouped's folder (bf16 off, seed 0)")
+    parser.add_argument("random_study", type=Path, help="levers_bf16_random's folder (grouping off, seed 0)")
+    parser.add_argument("--grouping-seeds", type=Path, default=None,
+                        help="levers_grouping_seeds's folder: both grouping settings on more seeds")
     parser.add_argument("--tolerance", type=float, default=0.3)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
 
-    reference = own_scores(args.budget_study, REFERENCE_STEPS)
+    reference = own_scores(args.budget_study, steps=REFERENCE_STEPS)
+    shuffled = own_scores(args.random_study)
+    if args.grouping_seeds is not None:
+        reference = merged(reference, own_scores(args.grouping_seeds, budget="grouped"))
+        shuffled = merged(shuffled, own_scores(args.grouping_seeds, budget="shuffled"))
     levers = {"bf16 autocast": compare(reference, own_scores(args.fp32_study), args.tolerance),
-              "length-grouped batches": compare(reference, own_scores(args.random_study), args.tolerance)}
+              "length-grouped batches": compare(reference, shuffled, args.tolerance)}
     lines = ["# The speed levers' accuracy effect", "",
-             f"Full finetuning, {REFERENCE_STEPS} steps of batch 32 per task, seed 0. Reference: the budget study's "
-             f"{REFERENCE_STEPS}-step run (both levers on); each lever's study switches one lever off. Cost = "
-             "lever-off dev score - reference dev score (what the lever loses; negative: the run with the lever "
-             "scored higher). Rule: a "
-             f"lever stays on by default while it costs at most {args.tolerance} dev points on every task. One "
-             "seed: a 500-row dev split has a standard error of 1-2 points, so these costs read one draw.", ""]
+             f"Full finetuning, {REFERENCE_STEPS} steps of batch 32 per task on SST-2, MRPC and STS-B. Reference: "
+             f"the budget study's {REFERENCE_STEPS}-step run (both levers on; seed 0) and, for length grouping, "
+             "its seeds in `levers_grouping_seeds` when given; each lever's runs switch that lever off with the "
+             "same seed, budget and data. Cost = lever-off dev score - reference dev score (what the lever "
+             "loses; negative: the run with the lever scored higher), per seed, then the mean over the seeds "
+             f"both sides finished. Rule: a lever stays on by default while its mean cost is at most "
+             f"{args.tolerance} dev points on every task. A 500-row dev split has a standard error of 1-2 points, "
+             "so a cost read on one seed is one draw.", ""]
     record = {"command": command_line("bench.levers_accuracy", argv), "tolerance": args.tolerance,
               "reference_steps": REFERENCE_STEPS, "levers": levers}
     for lever, rows in levers.items():
-        lines += [f"## {lever}", "", "| task | dev with / without | test with / without | cost (dev points) | "
-                  "train s with / without |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {r['task']} | {r['dev_on']:.2f} / {r['dev_off']:.2f} | {r['test_on']:.2f} / "
-                  f"{r['test_off']:.2f} | {r['cost']:+.2f} | {r['train_seconds_on']:.0f} / "
-                  f"{r['train_seconds_off']:.0f} |" for r in rows]
+        lines += [f"## {lever}", "", "| task | seeds | dev with / without | test with / without | cost per seed | "
+                  "mean cost (sd) | train s with / without |", "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['task']} | {', '.join(map(str, r['seeds']))} | {r['dev_on']:.2f} / {r['dev_off']:.2f} | "
+                  f"{r['test_on']:.2f} / {r['test_off']:.2f} | {', '.join(f'{c:+.2f}' for c in r['costs'])} | "
+                  f"{r['cost']:+.2f}" + ("" if math.isnan(r["cost_sd"]) else f" ({r['cost_sd']:.2f})")
+                  + f" | {r['train_seconds_on']:.0f} / {r['train_seconds_off']:.0f} |" for r in rows]
         worst = max((r["cost"] for r in rows), default=math.nan)
+        fewest = min((len(r["seeds"]) for r in rows), default=0)
         verdict = ("no task finished yet" if not rows else
-                   f"stays on: costs at most {worst:+.2f} dev points" if all(r["within"] for r in rows) else
-                   f"costs {worst:+.2f} dev points on a task: off by default")
-        lines += ["", f"{lever}: {verdict} ({len(rows)} of 3 tasks measured).", ""]
+                   f"stays on: its mean cost is at most {worst:+.2f} dev points" if all(r["within"] for r in rows)
+                   else f"its mean cost reaches {worst:+.2f} dev points on a task: off by default under the rule")
+        lines += ["", f"{lever}: {verdict} ({len(rows)} of 3 tasks measured, at least {fewest} seed(s) each).", ""]
         record[f"verdict: {lever}"] = verdict
     lines += ["Training seconds: 1 thread each, on a machine shared with other jobs (the speed itself is measured "
               "side by side by `bench/train_speed.py`).", "", f"Command: `{record['command']}`", ""]

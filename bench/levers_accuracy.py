@@ -3,15 +3,18 @@ with both on.
 
 The reference is the budget study's 200-step run (bf16 autocast and length-grouped batches, both on by
 default); ``bench/studies/levers_fp32_grouped.toml`` switches bf16 off and ``levers_bf16_random.toml``
-switches length grouping off, on SST-2, MRPC and STS-B with the same budget, seed and data. A lever *costs*
-what the reference's dev score loses against the run without it; the accuracy issue's rule keeps a lever on
-by default only while it costs at most ``--tolerance`` (0.3) dev points on every task. One seed: a dev split
-of 500 rows has a standard error of about 1.5 points on SST-2's accuracy, so a cost smaller than that is a
-reading of one draw, not a measured effect.
+switches length grouping off, on SST-2, MRPC and STS-B with the same budget, seed and data, and
+``levers_grouping_seeds.toml`` repeats both grouping settings on seeds 1 and 2. A lever *costs* what the
+reference's dev score loses against the run without it, per seed; the accuracy issue's rule keeps a lever on
+by default only while its mean cost over the seeds is at most ``--tolerance`` (0.3) dev points on every task.
+A dev split of 500 rows has a standard error of about 1.5 points on SST-2's accuracy, so a cost read on one
+seed is one draw, not a measured effect.
 
     taskstream sweep bench/studies/levers_fp32_grouped.toml --data-dir ../shared/glue --workers 2 --threads 1
     taskstream sweep bench/studies/levers_bf16_random.toml --data-dir ../shared/glue --workers 2 --threads 1
-    python -m bench.levers_accuracy runs/budget runs/levers_fp32_grouped runs/levers_bf16_random
+    taskstream sweep bench/studies/levers_grouping_seeds.toml --data-dir ../shared/glue --workers 2 --threads 1
+    python -m bench.levers_accuracy runs/budget runs/levers_fp32_grouped runs/levers_bf16_random \\
+        --grouping-seeds runs/levers_grouping_seeds
 """
 
 from __future__ import annotations

@@ -23,23 +23,11 @@ from pathlib import Path
 
 from bench.common import REPO, write_results  # first: offline Hugging Face defaults
 
-from scipy import stats  # noqa: E402
-
+from analysis.paired import paired_interval  # noqa: E402
 from analysis.tables import load_ledger  # noqa: E402
 
 OUT = REPO / "bench" / "results" / "adaptive_vs_nonadaptive"
 ADAPTIVE, BASELINE = "diff_pruning", "diff_pruning_nonadaptive"
-
-
-def paired_interval(differences: list[float]) -> tuple[float, float, float]:
-    """(mean, low, high): the mean paired difference and its 95% t-interval (NaN bounds for one seed)."""
-    n = len(differences)
-    mean = sum(differences) / n
-    if n < 2:
-        return mean, math.nan, math.nan
-    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
-    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
 
 
 def per_seed(study_dir: Path) -> list[dict]:

@@ -33,6 +33,7 @@ from bench.common import REPO, default_glue_dir  # first: offline Hugging Face d
 
 import pandas as pd  # noqa: E402
 
+from analysis.paired import format_difference, paired_differences  # noqa: E402
 from analysis.study_report import pm, summary_stats_table, write_study_report  # noqa: E402
 from analysis.tables import final_stats, final_table, load_ledger, read_study  # noqa: E402
 
@@ -113,23 +114,28 @@ def paper_table(table: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     final = final_table(table)
     bound = final.groupby("method", sort=False)["bytes_vs_bound"].mean()
     seconds = method_seconds(table)
-    full_avg = stats.loc["full", "average"] if "full" in stats.index else float("nan")
-    shown.insert(shown.columns.get_loc("GLUE avg") + 1, "Δ vs full",
-                 [f"{stats.loc[m, 'average'] - full_avg:+.1f}" for m in shown["method"]])
-    shown["bytes / bound"] = [f"{bound[m]:.3f}" if pd.notna(bound.get(m)) else "n/a" for m in shown["method"]]
-    shown["train s / run"] = [f"{seconds.loc[m, 'train']:.0f}" for m in shown["method"]]
+    versus_full = paired_differences(final, "full").set_index("method")
+    shown.insert(shown.columns.get_loc("GLUE avg") + 1, "Δ vs full [95% CI]",
+                 [format_difference(*versus_full.loc[m, ["mean", "low", "high"]]) if m in versus_full.index else ""
+                  for m in shown["method"]])
+    methods = [m for m in shown["method"] if m in stats.index]  # not the chance row
+    shown["bytes / bound"] = [("n/a" if pd.isna(bound.get(m)) else f"{bound[m]:.3f}") if m in methods else ""
+                              for m in shown["method"]]
+    shown["train s / run"] = [f"{seconds.loc[m, 'train']:.0f}" if m in methods else "" for m in shown["method"]]
     shown["paper avg (9 tasks)"] = [f"{PAPER[m][0]:.1f}" if m in PAPER else "" for m in shown["method"]]
     shown["paper new params / task"] = [f"{PAPER[m][1]:g}%" if m in PAPER else "" for m in shown["method"]]
     records = []
     tasks = [c for c in shown.columns if c in set(table["eval_task"])]
-    for method in shown["method"]:
+    for method in methods:
         # One seed has no sample sd: None in the JSON (NaN is not JSON).
         row = stats.loc[method].astype(object).where(stats.loc[method].notna(), None)
         records.append({
             "method": method, "runs": int(row["n"]),
             "scores": {t: {"mean": row[t], "sd": row[f"{t}_std"]} for t in tasks},
             "average": {"mean": row["average"], "sd": row["average_std"]},
-            "delta_vs_full": row["average"] - full_avg,
+            "delta_vs_full": None if method not in versus_full.index else {
+                key: (None if pd.isna(versus_full.loc[method, key]) else float(versus_full.loc[method, key]))
+                for key in ("pairs", "mean", "low", "high")},
             "new_params_per_task_pct": {"mean": row["new_params_per_task_pct"],
                                         "sd": row["new_params_per_task_pct_std"]},
             "total_params_multiplier": {"mean": row["total_params_multiplier"],
@@ -174,7 +180,9 @@ def write_tables(out: Path, sweep: dict | None) -> dict:
         f"with the same budget: {budget['max_train_examples']} training examples, {budget['epochs']} epochs of "
         f"batch {budget['batch_size']}, length {budget['max_seq_length']}, dev {budget['max_dev_examples']} rows "
         f"carved from train, test = GLUE validation capped at {budget['max_eval_examples']} rows. Scores x100 "
-        "from models rebuilt from the stored files; ± is the sample sd over the seeds. New params / task and "
+        "from models rebuilt from the stored files; ± is the sample sd over the seeds; Δ vs full is the GLUE "
+        "average's difference from full finetuning paired by seed, with its 95% t-interval over the seeds. "
+        "New params / task and "
         f"total params follow the paper's convention (the multiplier is for these {n_tasks} tasks; full "
         f"finetuning shares nothing, so it is {n_tasks}x); bytes are the artifact files on disk (tensors + JSON sidecar), total "
         "bytes include the backbone once for shared-backbone methods. bytes / bound: artifact bytes over the "

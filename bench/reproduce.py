@@ -150,6 +150,20 @@ def paper_table(table: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     return shown, records
 
 
+def budget_sentence(config: dict) -> str:
+    """The study's budget in words: the shared fields, then each task's overrides."""
+    budget = config["budget"]
+    rows = "all" if budget["max_train_examples"] is None else f"up to {budget['max_train_examples']:,}"
+    length = (f"{budget['max_steps']} optimizer steps" if budget.get("max_steps") else f"{budget['epochs']} epochs")
+    test = ("the whole GLUE validation split" if budget["max_eval_examples"] is None
+            else f"GLUE validation capped at {budget['max_eval_examples']} rows")
+    text = (f"{rows} training rows, {length} of batch {budget['batch_size']}, length {budget['max_seq_length']}, "
+            f"dev {budget['max_dev_examples']} rows carved from train, test = {test}")
+    overrides = "; ".join(f"{task}: " + ", ".join(f"{key} = {value}" for key, value in fields.items())
+                          for task, fields in (config.get("task_budgets") or {}).items())
+    return text + (f" (per task: {overrides})" if overrides else "")
+
+
 def _markdown_table(frame: pd.DataFrame) -> str:
     header = "| " + " | ".join(frame.columns) + " |"
     rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(frame.columns))) + "|"
@@ -177,9 +191,7 @@ def write_tables(out: Path, sweep: dict | None) -> dict:
         f"{n_tasks} GLUE tasks in the given order ({' > '.join(study['runs'][0]['order'])}), "
         f"backbone `{study['runs'][0]['config']['backbone']}` (6 layers, hidden 384, "
         f"{int(table['backbone_params'].iloc[0]):,} parameters), seeds {seeds}; every method at its defaults "
-        f"with the same budget: {budget['max_train_examples']} training examples, {budget['epochs']} epochs of "
-        f"batch {budget['batch_size']}, length {budget['max_seq_length']}, dev {budget['max_dev_examples']} rows "
-        f"carved from train, test = GLUE validation capped at {budget['max_eval_examples']} rows. Scores x100 "
+        f"with the same budget: {budget_sentence(study['runs'][0]['config'])}. Scores x100 "
         "from models rebuilt from the stored files; ± is the sample sd over the seeds; Δ vs full is the GLUE "
         "average's difference from full finetuning paired by seed, with its 95% t-interval over the seeds. "
         "New params / task and "

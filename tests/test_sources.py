@@ -504,7 +504,7 @@ def load(path, task=CLS):
     ("header.tsv", b"text\tlabel\n", CLS, r"no data rows for task 'mine'"),
     ("utf8.csv", b"text,label\nok,0\nbad \xff byte,1\n", CLS,
      r"line 3: not valid UTF-8 \(invalid start byte at byte 4 of the line\)\. Fix: re-save the file with UTF-8"),
-    ("utf8.jsonl.gz", gzip.compress(b'{"text": "a", "label": 0}\n{"text": "\xc3", "label": 0}\n'), CLS,
+    ("utf8.jsonl.gz", gzip.compress(b'{"text": "a", "label": 0}\n{"text": "\xc3", "label": 0}\n', mtime=0), CLS,
      r"line 2: not valid UTF-8"),
     ("corrupt.jsonl.gz", b"this is not gzip", CLS, r"line 1: cannot decompress .*Fix: the \.gz file is corrupt"),
     ("fields.csv", b"text,label\na,0\nb,1,extra\n", CLS, r"line 3: 3 fields, expected 2 \(text, label\)\. Fix: give"),

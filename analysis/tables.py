@@ -266,6 +266,13 @@ def final_stats(table: pd.DataFrame) -> pd.DataFrame:
     return aggregate(final, values)
 
 
+def arrival_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows that score each task at the step it arrived: its own training's test score, dev score,
+    training seconds and artifact (later rows re-score it from the same file or, for evolving methods, from
+    a later one)."""
+    return table[table["eval_task"] == table["task"]]
+
+
 def task_scores(table: pd.DataFrame) -> pd.DataFrame:
     """Long form of the final scores: one row per (run, method, task) at the run's last step."""
     last = table[table["step"] == table.groupby(["run", "method"])["step"].transform("max")]

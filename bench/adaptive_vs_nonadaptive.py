@@ -24,7 +24,7 @@ from pathlib import Path
 from bench.common import REPO, write_results  # first: offline Hugging Face defaults
 
 from analysis.paired import paired_interval  # noqa: E402
-from analysis.tables import load_ledger  # noqa: E402
+from analysis.tables import arrival_rows, load_ledger  # noqa: E402
 
 OUT = REPO / "bench" / "results" / "adaptive_vs_nonadaptive"
 ADAPTIVE, BASELINE = "diff_pruning", "diff_pruning_nonadaptive"
@@ -33,7 +33,7 @@ ADAPTIVE, BASELINE = "diff_pruning", "diff_pruning_nonadaptive"
 def per_seed(study_dir: Path) -> list[dict]:
     """One record per (task, seed) that both methods finished: their test and dev scores, stage-1 density."""
     table = load_ledger(study_dir)
-    own = table[table["eval_task"] == table["task"]]
+    own = arrival_rows(table)
     cells: dict[tuple[str, int], dict] = {}
     for record in own.to_dict("records"):
         cell = cells.setdefault((record["task"], int(record["seed"])), {"task": record["task"],

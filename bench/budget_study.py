@@ -32,7 +32,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from analysis.tables import load_ledger  # noqa: E402
+from analysis.tables import arrival_rows, load_ledger  # noqa: E402
 from stream.core.scenario import ArrivalBuilder  # noqa: E402
 from stream.engine.config import RunConfig, resolve_tasks  # noqa: E402
 
@@ -57,7 +57,7 @@ def study_ladder(study_dir: Path) -> list[int]:
 def curves(study_dir: Path) -> dict[str, list[dict]]:
     """task -> [{steps, dev, test, train_seconds}] over the ladder, sorted by steps."""
     table = load_ledger(study_dir)
-    own = table[table["eval_task"] == table["task"]]
+    own = arrival_rows(table)
     out: dict[str, list[dict]] = {}
     for record in own.to_dict("records"):
         out.setdefault(record["task"], []).append({"steps": int(record["train_steps"]), "dev": record["dev_score"],

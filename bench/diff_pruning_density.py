@@ -23,7 +23,7 @@ from pathlib import Path
 from bench.common import REPO  # first: offline Hugging Face defaults
 
 from analysis.diff_stages import density_traces, plot_density_traces  # noqa: E402
-from analysis.tables import load_ledger  # noqa: E402
+from analysis.tables import arrival_rows, load_ledger  # noqa: E402
 
 OUT = REPO / "bench" / "results" / "diff_pruning_density"
 
@@ -31,7 +31,7 @@ OUT = REPO / "bench" / "results" / "diff_pruning_density"
 def stage_rows(table) -> list[dict]:
     """One record per diff pruning artifact: target, stage-1 density, kept entries, stage dev scores."""
     records = []
-    own = table[table["eval_task"] == table["task"]]
+    own = arrival_rows(table)
     for record in own.to_dict("records"):
         sidecar_path = (Path(record["run"]) / record["artifact_path"]).with_suffix(".json")
         if not sidecar_path.exists():

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench.common import REPO, command_line, write_results  # first: offline Hugging Face defaults
 
-from analysis.tables import load_ledger  # noqa: E402
+from analysis.tables import arrival_rows, load_ledger  # noqa: E402
 
 OUT = REPO / "bench" / "results" / "levers_accuracy"
 REFERENCE_STEPS = 200
@@ -36,7 +36,7 @@ def own_scores(study_dir: Path, *, steps: int | None = None, budget: str | None 
     """seed -> task -> {dev, test, train_seconds} of the study's runs on their own task, keeping the runs of
     ``steps`` optimizer steps and of the study budget named ``budget`` when given."""
     table = load_ledger(study_dir)
-    own = table[table["eval_task"] == table["task"]]
+    own = arrival_rows(table)
     if steps is not None:
         own = own[own["train_steps"] == steps]
     if budget is not None:

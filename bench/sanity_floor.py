@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench.common import REPO, command_line, write_results  # first: offline Hugging Face defaults
 
-from analysis.tables import load_ledger  # noqa: E402
+from analysis.tables import arrival_rows, load_ledger  # noqa: E402
 from stream.core.rundir import read_run_config  # noqa: E402
 from stream.engine.config import RunConfig  # noqa: E402
 
@@ -30,7 +30,8 @@ def floor_rows(paths: list[Path]) -> list[dict]:
     rows = []
     for path in paths:
         table = load_ledger(path)
-        own = table[(table["eval_task"] == table["task"]) & (table["method_name"] == "full")]
+        own = arrival_rows(table)
+        own = own[own["method_name"] == "full"]
         for record in own.to_dict("records"):
             config = RunConfig.from_dict(read_run_config(Path(record["run"])))
             spec = next(m for m in config.methods if m.resolved_label == record["method"])

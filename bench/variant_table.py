@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.tables import load_ledger
+from analysis.tables import arrival_rows, load_ledger
 
 
 def _sidecar(row: pd.Series) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def _lookup(meta: dict[str, Any], dotted: str) -> Any:
 
 def variant_rows(table: pd.DataFrame, meta_fields: list[str]) -> pd.DataFrame:
     """One row per (task, seed, order, method variant): the step where the task arrived, scored on itself."""
-    own = table[table["eval_task"] == table["task"]]
+    own = arrival_rows(table)
     records = []
     for _, row in own.iterrows():
         sidecar = _sidecar(row)

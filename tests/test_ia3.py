@@ -52,7 +52,7 @@ def test_fresh_ia3_is_exactly_the_backbone_and_only_its_vectors_train(tiny_backb
 
 
 class _Captured(Exception):
-    pass
+    """Raised by a stand-in training loop to carry out what ``train`` handed it."""
 
 
 def test_vectors_get_no_weight_decay_while_the_head_does(tiny_backbone, arrival, monkeypatch):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.core.errors import ConfigError
-from stream.core.validation import check_choice, unknown_name_error
+from stream.core.validation import check_choice, check_str_tuple, unknown_name_error
 
 #: Metrics for classification tasks. ``f1`` is binary F1 of label id 1, as GLUE reports it for MRPC and QQP.
 CLASSIFICATION_METRICS = ("accuracy", "f1", "matthews_correlation")
@@ -48,22 +48,6 @@ def _check_name(owner: str, field_name: str, value: Any) -> None:
     if not isinstance(value, str) or not _NAME_PATTERN.match(value):
         raise ConfigError(f"{owner}.{field_name} must be a non-empty name of letters, digits, '_', '.' or '-' "
                           f"starting with a letter or digit; got {value!r}.")
-
-
-def _str_tuple(owner: str, field_name: str, value: Any, *, min_len: int = 1,
-               max_len: int | None = None) -> tuple[str, ...]:
-    """Return ``value`` as a tuple of distinct non-empty strings (lists from YAML are accepted)."""
-    if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{owner}.{field_name} must be a list of strings; got {value!r}.")
-    items = tuple(value)
-    if not all(isinstance(item, str) and item for item in items):
-        raise ConfigError(f"{owner}.{field_name} must contain only non-empty strings; got {value!r}.")
-    if len(set(items)) != len(items):
-        raise ConfigError(f"{owner}.{field_name} must not repeat an entry; got {value!r}.")
-    if len(items) < min_len or (max_len is not None and len(items) > max_len):
-        rule = f"between {min_len} and {max_len}" if max_len is not None else f"at least {min_len}"
-        raise ConfigError(f"{owner}.{field_name} must have {rule} entries; got {value!r}.")
-    return items
 
 
 def _check_metrics(owner: str, metrics: tuple[str, ...], label_names: tuple[str, ...] | None) -> None:
@@ -101,14 +85,14 @@ class TaskSpec:
         owner = "TaskSpec"
         _check_name(owner, "name", self.name)
         # Frozen dataclass: normalise list inputs (from YAML) to tuples via object.__setattr__.
-        object.__setattr__(self, "text_columns", _str_tuple(owner, "text_columns", self.text_columns, max_len=2))
+        object.__setattr__(self, "text_columns", check_str_tuple(owner, "text_columns", self.text_columns, max_len=2))
         if self.label_names is not None:
-            object.__setattr__(self, "label_names", _str_tuple(owner, "label_names", self.label_names, min_len=2))
-        object.__setattr__(self, "metrics", _str_tuple(owner, "metrics", self.metrics))
+            object.__setattr__(self, "label_names", check_str_tuple(owner, "label_names", self.label_names, min_len=2))
+        object.__setattr__(self, "metrics", check_str_tuple(owner, "metrics", self.metrics))
         _check_metrics(owner, self.metrics, self.label_names)
         if not isinstance(self.train_split, str) or not self.train_split:
             raise ConfigError(f"{owner}.train_split must be a non-empty string; got {self.train_split!r}.")
-        object.__setattr__(self, "test_splits", _str_tuple(owner, "test_splits", self.test_splits))
+        object.__setattr__(self, "test_splits", check_str_tuple(owner, "test_splits", self.test_splits))
         if self.train_split in self.test_splits:
             raise ConfigError(f"{owner}.test_splits must not contain the train split {self.train_split!r}; "
                               f"got {self.test_splits!r}.")
@@ -253,7 +237,7 @@ class CustomTaskSpec:
                 raise ConfigError(f"{owner}.files must name at least one split besides train_split "
                                   f"{self.train_split!r} to score on; got splits {list(files)!r}.")
         else:
-            object.__setattr__(self, "test_splits", _str_tuple(owner, "test_splits", self.test_splits))
+            object.__setattr__(self, "test_splits", check_str_tuple(owner, "test_splits", self.test_splits))
             for split in self.test_splits:
                 check_choice(owner, "test_splits", split, list(files))
         # The remaining rules (columns, labels, metrics) are TaskSpec's; run them now, under this class's name.

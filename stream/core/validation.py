@@ -18,6 +18,22 @@ def _where(owner: str, field: str) -> str:
     return f"{owner}.{field}" if owner else field
 
 
+def check_str_tuple(owner: str, field_name: str, value: Any, *, min_len: int = 1,
+                    max_len: int | None = None) -> tuple[str, ...]:
+    """Return ``value`` as a tuple of distinct non-empty strings (lists from YAML are accepted)."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{_where(owner, field_name)} must be a list of strings; got {value!r}.")
+    items = tuple(value)
+    if not all(isinstance(item, str) and item for item in items):
+        raise ConfigError(f"{_where(owner, field_name)} must contain only non-empty strings; got {value!r}.")
+    if len(set(items)) != len(items):
+        raise ConfigError(f"{_where(owner, field_name)} must not repeat an entry; got {value!r}.")
+    if len(items) < min_len or (max_len is not None and len(items) > max_len):
+        rule = f"between {min_len} and {max_len}" if max_len is not None else f"at least {min_len}"
+        raise ConfigError(f"{_where(owner, field_name)} must have {rule} entries; got {value!r}.")
+    return items
+
+
 def check_int(owner: str, field: str, value: Any, *, minimum: int | None = None,
               maximum: int | None = None, allow_none: bool = False) -> None:
     """Require an integer (not a bool) within ``[minimum, maximum]``."""

@@ -29,7 +29,7 @@ from stream.core.errors import ConfigError
 from stream.core.plan import Budget
 from stream.core.sources import CustomFileSource, RoutedSource, resolve_source
 from stream.core.tasks import CustomTaskSpec, TaskSpec, get_task
-from stream.core.validation import check_choice, check_device, check_int
+from stream.core.validation import check_choice, check_device, check_int, check_str_tuple
 
 if TYPE_CHECKING:
     from methods.core.backbone import Backbone
@@ -294,12 +294,7 @@ class RunConfig:
             if task not in self.tasks:
                 raise ConfigError(f"task_budgets names {task!r}, which is not in tasks {list(self.tasks)}.")
             self.budget.updated(dict(overrides))
-        if (isinstance(self.avalanche_loggers, str)
-                or not all(isinstance(name, str) for name in self.avalanche_loggers)
-                or len(set(self.avalanche_loggers)) != len(self.avalanche_loggers)):
-            raise ConfigError(f"RunConfig.avalanche_loggers must be a list of distinct logger names; "
-                              f"got {self.avalanche_loggers!r}.")
-        for name in self.avalanche_loggers:
+        for name in check_str_tuple("RunConfig", "avalanche_loggers", self.avalanche_loggers, min_len=0):
             check_choice("RunConfig", "avalanche_loggers", name, AVALANCHE_LOGGERS)
         for spec in self.methods:
             for task, _ in spec.per_task:

@@ -273,16 +273,29 @@ def _spread(values: np.ndarray, gap: float) -> np.ndarray:
     return placed
 
 
-def _label_ends(ax, ends: list[tuple[float, float, str, str]], reference: float, fontsize: int) -> None:
+def _label_ends(ax, ends: list[tuple[float, float, str, str]], reference: float, fontsize: int) -> list:
     """Label line ends ``(x, y, text, colour)`` on a log y axis just right of each end, moved apart where
-    they would overlap, and widen the y limits to keep every label inside the axes."""
+    they would overlap, and widen the y limits to keep every label inside the axes; returns the labels."""
     logs = np.log10([end[1] for end in ends] + [reference])
     placed = _spread(logs[:-1], 0.035 * (logs.max() - logs.min()))
-    for y, (x, _, text, color) in zip(placed, ends):
-        ax.annotate(text, (x, 10 ** y), textcoords="offset points", xytext=(5, -3), fontsize=fontsize, color=color,
-                    annotation_clip=False)
+    labels = [ax.annotate(text, (x, 10 ** y), textcoords="offset points", xytext=(5, -3), fontsize=fontsize,
+                          color=color, annotation_clip=False)
+              for y, (x, _, text, color) in zip(placed, ends)]
     low, high = ax.get_ylim()
     ax.set_ylim(min(low, 10 ** (placed.min() - 0.01)), max(high, 10 ** (placed.max() + 0.01)))
+    return labels
+
+
+def _room_right(ax, labels: list, x_end: float) -> None:
+    """Widen a linear x axis so labels drawn right of ``x_end`` (a fixed offset in points from it) end
+    inside the axes, clear of a secondary axis's tick labels on the right."""
+    fig = ax.get_figure()
+    fig.draw_without_rendering()  # lays the figure out, so the extents below are the drawn ones
+    axes_width = ax.get_window_extent().width
+    widest = max(label.get_window_extent().width for label in labels) + 10 * fig.dpi / 72
+    share = min(0.6, widest / axes_width)  # the axes' share the labels need, beyond the line ends
+    left = ax.get_xlim()[0]
+    ax.set_xlim(left, (x_end - left * share) / (1 - share))
 
 
 def plot_score_bands(curve_table: pd.DataFrame, *,
@@ -354,12 +367,13 @@ def plot_storage_bands(curve_table: pd.DataFrame, *,
             label=f"backbone ({human_bytes(backbone)})")
     ax.set_yscale("log")
     # Each end label names its line: lines of the shared-backbone methods end close together.
-    _label_ends(ax, [(x, value, f"{label} {value / backbone:.2f}×", color) for x, value, label, color in ends],
-                backbone, 7)
+    labels = _label_ends(ax, [(x, value, f"{label} {value / backbone:.2f}×", color)
+                              for x, value, label, color in ends], backbone, 7)
     _bytes_axis(ax)
     _backbone_axis(ax, backbone, "y")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlim(right=ax.get_xlim()[1] + 0.6)  # room for the end labels
+    _room_right(ax, labels, max(x for x, *_ in ends))
+    ax.set_xticks([t for t in ax.get_xticks() if seen.min() <= t <= seen.max()])  # none under the labels
     ax.set_xlabel("tasks seen")
     ax.set_ylabel("cumulative storage (bytes on disk, log scale)")
     ax.set_title(title, fontsize=10)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from bench.reproduce import main
 from tests.conftest import REPO
 
@@ -22,3 +24,27 @@ def test_table1_is_redrawn_from_the_files_with_the_paired_difference_and_the_cha
     text = (out / "table1.md").read_text()
     assert "Δ vs full [95% CI]" in text and "(1 seed)" in text and "| chance (majority class) |" in text
     assert json.loads((out / "table1.json").read_text())["seeds"] == [0]
+    assert "## Goals" in text and "| last-layer tuning clearly below full finetuning |" in text
+    assert "not judged (one seed)" in text and len(result["goals"]) == 5
+
+
+def test_goals_are_judged_on_the_paired_difference():
+    import pandas as pd
+
+    from bench.reproduce import goal_records
+
+    averages = {"full": [80.0, 81.0, 82.0], "diff_pruning": [79.6, 80.7, 81.5], "adapters": [78.0, 79.1, 80.2],
+                "last_layer-k1": [70.0, 72.0, 71.0], "diff_pruning_nonadaptive": [79.0, 81.0, 80.9]}
+    final = pd.DataFrame([{"method": m, "seed": seed, "order_id": "given", "budget": "default", "average": value}
+                          for m, values in averages.items() for seed, value in enumerate(values)])
+    goals = {r["method"]: r for r in goal_records(final)}
+    assert set(goals) == {"diff_pruning", "adapters", "last_layer-k1", "diff_pruning_nonadaptive"}  # no masking run
+    assert goals["diff_pruning"]["mean"] == pytest.approx(-0.4) and goals["diff_pruning"]["met"] is True
+    assert goals["adapters"]["mean"] == pytest.approx(-1.9) and goals["adapters"]["met"] is False
+    assert goals["last_layer-k1"]["high"] < 0 and goals["last_layer-k1"]["met"] is True
+    # 79.0-79.6, 81.0-80.7, 80.9-81.5: below on average, but the interval spans zero.
+    assert goals["diff_pruning_nonadaptive"]["reference"] == "diff_pruning"
+    assert goals["diff_pruning_nonadaptive"]["low"] < 0 < goals["diff_pruning_nonadaptive"]["high"]
+    assert goals["diff_pruning_nonadaptive"]["met"] is False
+    one_seed = goal_records(final[final["seed"] == 0])
+    assert {r["method"]: r["met"] for r in one_seed}["last_layer-k1"] is None

@@ -83,7 +83,7 @@ class FitControl(SupervisedPlugin):
     def _dev_score(self) -> float:
         budget = self.arrival.budget
         _, score = evaluate(self.view, {"dev": self.arrival.dev}, self.arrival.task,
-                            batch_size=budget.eval_batch_size)
+                            batch_size=budget.eval_batch_size, by_length=True)
         return score
 
     def _select(self, strategy) -> None:

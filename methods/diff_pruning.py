@@ -465,7 +465,8 @@ class DiffPruningMethod(Method):
         if config.value_dtype != "float32":
             # The stored values are rounded; the dev score reported is the rounded model's.
             _, fit.best_dev_score = evaluate(final, {"dev": arrival.dev}, arrival.task,
-                                             batch_size=arrival.budget.eval_batch_size, device=self.device)
+                                             batch_size=arrival.budget.eval_batch_size, device=self.device,
+                                             by_length=True)
         return TrainedTask(model=final, payload=payload, fit=fit)
 
     def _l0_stage(self, arrival, head: nn.Module, steps: int, label: str, progress: bool

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
 from methods.core.task_model import TaskModel
-from methods.core.training import decay_groups, evaluate, fit
+from methods.core.training import decay_groups, evaluate, fit, predict
 from methods.registry import build_method
 from stream.core.scenario import ArrivalBuilder, Budget, eval_rows
+from stream.core.tasks import get_task
 from stream.engine.config import RunConfig, resolve_tasks
 
 BUDGET = Budget(max_train_examples=64, epochs=1, batch_size=8, max_dev_examples=16)
@@ -114,6 +116,24 @@ def test_length_grouped_batches_cover_every_row_once_and_pad_less(tiny_backbone,
     assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(grouped, again))
     labels = sorted(float(v) for batch in grouped for v in batch["labels"])
     assert labels == sorted(float(v) for v in split.labels)
+
+
+@pytest.mark.parametrize("task", ["rte", "stsb"])
+def test_length_ordered_prediction_returns_the_rows_in_split_order(task, tiny_backbone, glue_dir):
+    # RTE's rows for both (the synthetic STS-B rows share one length); the head decides class or value.
+    split = _arrival(tiny_backbone, glue_dir, "rte", dataclasses.replace(BUDGET, max_train_examples=None)).train
+    model, _, _ = _full_model(build_method("full", {}, tiny_backbone), _arrival(tiny_backbone, glue_dir, task))
+    assert not torch.equal(split.lengths, split.lengths.sort().values)  # the order differs from the split's
+    plain = predict(model, split, get_task(task), batch_size=8)
+    ordered = predict(model, split, get_task(task), batch_size=8, by_length=True)
+    one_by_one = np.concatenate([predict(model, split.select(torch.tensor([row])), get_task(task), batch_size=1)
+                                 for row in range(len(split))])
+    assert ordered.shape == plain.shape == (len(split),)
+    if get_task(task).is_regression:  # the same rows up to float summation order
+        np.testing.assert_allclose(ordered, one_by_one, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(plain, one_by_one, rtol=0, atol=1e-5)
+    else:
+        assert np.array_equal(ordered, plain) and np.array_equal(ordered, one_by_one)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -25,6 +25,14 @@ OUT = REPO / "bench" / "results" / "sanity_floor"
 FLOOR = {"cola": 25.0, "sst2": 88.0, "mrpc": 82.0, "stsb": 84.0, "rte": 60.0}
 
 
+def _learning_rate(record: dict, spec) -> float:
+    """The run's learning rate on the record's task: the dev-chosen one where the spec searched it."""
+    chosen = record.get("chosen_options")
+    if isinstance(chosen, dict) and "learning_rate" in chosen:
+        return chosen["learning_rate"]
+    return spec.config(record["task"]).learning_rate
+
+
 def floor_rows(paths: list[Path]) -> list[dict]:
     """One record per (run, task) of full finetuning: the run's distinguishing settings and its scores."""
     rows = []
@@ -38,7 +46,7 @@ def floor_rows(paths: list[Path]) -> list[dict]:
             budget = config.budget_for(record["task"])
             rows.append({"study": path.name, "task": record["task"], "steps": int(record["train_steps"]),
                          "train_rows": "all" if budget.max_train_examples is None else budget.max_train_examples,
-                         "learning_rate": spec.config(record["task"]).learning_rate,
+                         "learning_rate": _learning_rate(record, spec),
                          "pooling": config.pooling, "dev": record["dev_score"], "test": record["score"],
                          "floor": FLOOR.get(record["task"]),
                          "met": FLOOR.get(record["task"]) is not None and record["score"] >= FLOOR[record["task"]]})

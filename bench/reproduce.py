@@ -155,13 +155,17 @@ def budget_sentence(config: dict) -> str:
     """The study's budget in words: the shared fields, then each task's overrides."""
     budget = config["budget"]
     rows = "all" if budget["max_train_examples"] is None else f"up to {budget['max_train_examples']:,}"
-    length = (f"{budget['max_steps']} optimizer steps" if budget.get("max_steps") else f"{budget['epochs']} epochs")
+    per_task = config.get("task_budgets") or {}
+    if per_task.keys() == set(config["tasks"]) and all("max_steps" in fields for fields in per_task.values()):
+        length = "each task's optimizer steps"  # the base length applies to no task
+    else:
+        length = (f"{budget['max_steps']} optimizer steps" if budget.get("max_steps") else f"{budget['epochs']} epochs")
     test = ("the whole GLUE validation split" if budget["max_eval_examples"] is None
             else f"GLUE validation capped at {budget['max_eval_examples']} rows")
     text = (f"{rows} training rows, {length} of batch {budget['batch_size']}, length {budget['max_seq_length']}, "
             f"dev {budget['max_dev_examples']} rows carved from train, test = {test}")
     overrides = "; ".join(f"{task}: " + ", ".join(f"{key} = {value}" for key, value in fields.items())
-                          for task, fields in (config.get("task_budgets") or {}).items())
+                          for task, fields in per_task.items())
     return text + (f" (per task: {overrides})" if overrides else "")
 
 

@@ -48,3 +48,15 @@ def test_goals_are_judged_on_the_paired_difference():
     assert goals["diff_pruning_nonadaptive"]["met"] is False
     one_seed = goal_records(final[final["seed"] == 0])
     assert {r["method"]: r["met"] for r in one_seed}["last_layer-k1"] is None
+
+
+def test_the_budget_sentence_names_per_task_lengths_and_no_unused_base_length():
+    from bench.reproduce import budget_sentence
+    from stream.engine.study import StudySpec
+
+    selection = StudySpec.from_file(REPO / "bench" / "studies" / "reproduction_lr.toml")
+    text = budget_sentence(selection.runs[0].config.to_dict())
+    assert text.startswith("all training rows, each task's optimizer steps of batch 32, length 128, dev 500 rows")
+    assert "epochs" not in text and "(per task: cola: max_steps = 400; sst2: max_steps = 800;" in text
+    committed = json.loads((COMMITTED / "study.json").read_text())["runs"][0]["config"]
+    assert "2 epochs of batch 32" in budget_sentence(committed) and "per task" not in budget_sentence(committed)

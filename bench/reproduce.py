@@ -212,6 +212,33 @@ def goal_lines(records: list[dict]) -> list[str]:
             "", _markdown_table(rows), ""]
 
 
+def ordering_records(final: pd.DataFrame) -> list[dict]:
+    """The paper's ranking of its methods (by Table 1's average), each neighbouring pair (higher, lower) with
+    the paper's gap and ours paired by seed; pairs with a method missing here are left out."""
+    ranked = sorted((m for m in PAPER if m in set(final["method"])), key=lambda m: -PAPER[m][0])
+    records = []
+    for higher, lower in zip(ranked, ranked[1:]):
+        row = paired_differences(final[final["method"].isin([higher, lower])], lower).set_index("method").loc[higher]
+        mean, low, high = (float(row[k]) for k in ("mean", "low", "high"))
+        records.append({"higher": higher, "lower": lower, "paper": round(PAPER[higher][0] - PAPER[lower][0], 1),
+                        "mean": mean, "low": None if pd.isna(low) else low, "high": None if pd.isna(high) else high,
+                        "same_order": bool(mean >= 0)})
+    return records
+
+
+def ordering_lines(records: list[dict]) -> list[str]:
+    """The paper's ordering against this study's as a table under a heading; none without a pair."""
+    if not records:
+        return []
+    rows = pd.DataFrame([{"paper's order": f"{r['higher']} ≥ {r['lower']}", "paper gap": f"{r['paper']:+.1f}",
+                          "gap here [95% CI]": format_difference(r["mean"], math.nan if r["low"] is None else r["low"],
+                                                                 math.nan if r["high"] is None else r["high"]),
+                          "same order": "yes" if r["same_order"] else "no"} for r in records])
+    return ["## The paper's ordering", "",
+            "Neighbours in the paper's ranking (Table 1's average), higher minus lower: the paper's gap, and this "
+            "study's GLUE-average gap paired by seed.", "", _markdown_table(rows), ""]
+
+
 def settings_lines(study: dict) -> list[str]:
     """Each method's fixed per-task options (the selection study's dev-chosen learning rates) as a table
     under a heading; no lines when the study fixes none (every method at its defaults)."""
@@ -253,6 +280,7 @@ def write_tables(out: Path, sweep: dict | None) -> dict:
     seeds = sorted({r["seed"] for r in study["runs"]})
     settings = settings_lines(study)
     goals = goal_records(final_table(table))
+    ordering = ordering_records(final_table(table))
     n_tasks = len(set(table["eval_task"]))
     versions = {k: v for k, v in timing["versions"].items() if k in (
         "python", "platform", "torch", "transformers", "peft", "avalanche-lib", "numpy", "safetensors")}
@@ -275,6 +303,7 @@ def write_tables(out: Path, sweep: dict | None) -> dict:
         _markdown_table(shown), "",
         f"Ranking by average: {ranking(records)}", "",
         *goal_lines(goals),
+        *ordering_lines(ordering),
         *settings,
         "## Command, versions and time", "",
         "    python -m bench.reproduce", "",
@@ -295,7 +324,7 @@ def write_tables(out: Path, sweep: dict | None) -> dict:
     lines.append("")
     (out / "table1.md").write_text("\n".join(lines))
     result = {"study": study["name"], "budget": budget, "seeds": seeds, "methods": records, "goals": goals,
-              "timing": timing,
+              "ordering": ordering, "timing": timing,
               "sweep": sweep}
     (out / "table1.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     print("\n".join(lines))

@@ -26,6 +26,7 @@ def test_table1_is_redrawn_from_the_files_with_the_paired_difference_and_the_cha
     assert json.loads((out / "table1.json").read_text())["seeds"] == [0]
     assert "## Goals" in text and "| last-layer tuning clearly below full finetuning |" in text
     assert "not judged (one seed)" in text and len(result["goals"]) == 5
+    assert "| full ≥ diff_pruning | +0.0 |" in text and len(result["ordering"]) == 5
 
 
 def test_goals_are_judged_on_the_paired_difference():
@@ -60,3 +61,20 @@ def test_the_budget_sentence_names_per_task_lengths_and_no_unused_base_length():
     assert "epochs" not in text and "(per task: cola: max_steps = 400; sst2: max_steps = 800;" in text
     committed = json.loads((COMMITTED / "study.json").read_text())["runs"][0]["config"]
     assert "2 epochs of batch 32" in budget_sentence(committed) and "per task" not in budget_sentence(committed)
+
+
+def test_the_papers_ordering_is_checked_pair_by_pair():
+    import pandas as pd
+
+    from bench.reproduce import ordering_records
+
+    averages = {"full": [80.0, 81.0], "adapters": [79.0, 80.5], "diff_pruning_unstructured": [79.5, 81.0],
+                "last_layer-k1": [70.0, 71.0], "masking": [85.0, 86.0]}
+    final = pd.DataFrame([{"method": m, "seed": seed, "order_id": "given", "budget": "default", "average": value}
+                          for m, values in averages.items() for seed, value in enumerate(values)])
+    records = ordering_records(final)
+    assert [(r["higher"], r["lower"]) for r in records] == [
+        ("full", "adapters"), ("adapters", "diff_pruning_unstructured"), ("diff_pruning_unstructured", "last_layer-k1")]
+    assert [r["paper"] for r in records] == [0.2, 1.0, 11.2]
+    assert [r["mean"] for r in records] == pytest.approx([0.75, -0.5, 9.75])
+    assert [r["same_order"] for r in records] == [True, False, True]

@@ -156,8 +156,11 @@ def budget_sentence(config: dict) -> str:
     budget = config["budget"]
     rows = "all" if budget["max_train_examples"] is None else f"up to {budget['max_train_examples']:,}"
     per_task = config.get("task_budgets") or {}
-    if per_task.keys() == set(config["tasks"]) and all("max_steps" in fields for fields in per_task.values()):
-        length = "each task's optimizer steps"  # the base length applies to no task
+    # A task's max_steps replaces any epochs, its epochs replace the base's unless the base sets max_steps.
+    sets_length = [("max_steps" in fields or ("epochs" in fields and not budget.get("max_steps")))
+                   for fields in per_task.values()]
+    if per_task.keys() == set(config["tasks"]) and all(sets_length):
+        length = "each task's own length"  # the base length applies to no task
     else:
         length = (f"{budget['max_steps']} optimizer steps" if budget.get("max_steps") else f"{budget['epochs']} epochs")
     test = ("the whole GLUE validation split" if budget["max_eval_examples"] is None

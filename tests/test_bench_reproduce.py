@@ -57,8 +57,9 @@ def test_the_budget_sentence_names_per_task_lengths_and_no_unused_base_length():
 
     selection = StudySpec.from_file(REPO / "bench" / "studies" / "reproduction_lr.toml")
     text = budget_sentence(selection.runs[0].config.to_dict())
-    assert text.startswith("all training rows, each task's optimizer steps of batch 32, length 128, dev 500 rows")
-    assert "epochs" not in text and "(per task: cola: max_steps = 400; sst2: max_steps = 800;" in text
+    assert text.startswith("all training rows, each task's own length of batch 32, length 128, dev 500 rows")
+    assert "2 epochs" not in text
+    assert "(per task: cola: max_steps = 400; sst2: epochs = 1; mrpc: max_steps = 400;" in text
     committed = json.loads((COMMITTED / "study.json").read_text())["runs"][0]["config"]
     assert "2 epochs of batch 32" in budget_sentence(committed) and "per task" not in budget_sentence(committed)
 

@@ -8,6 +8,7 @@ import pytest
 
 from stream.core.errors import ConfigError
 from stream.engine.config import DEFAULT_METHODS, MethodSpec, RunConfig, config_differences, load_config_file
+from stream.engine.study import StudySpec
 
 
 def test_method_spec_parses_options_and_labels_variants():
@@ -105,10 +106,14 @@ def test_config_differences_name_the_fields():
     assert config_differences(a, b) == ["seed: 0 -> 1"]
 
 
-def test_the_paper_scale_preset_is_the_default_methods_on_five_tasks_at_400_steps():
-    preset = Path(__file__).resolve().parents[1] / "configs" / "paper_stream.toml"
-    config = RunConfig.from_dict(load_config_file(preset))
+def test_the_paper_scale_preset_is_the_default_methods_at_the_reproductions_budget():
+    repo = Path(__file__).resolve().parents[1]
+    config = RunConfig.from_dict(load_config_file(repo / "configs" / "paper_stream.toml"))
     assert config.tasks == ("cola", "sst2", "mrpc", "stsb", "rte")
     assert tuple(m.name for m in config.methods) == DEFAULT_METHODS
-    assert all(config.budget_for(t).max_steps == 400 for t in config.tasks)
-    assert config.budget_for("sst2").max_train_examples == 20000 and config.budget_for("rte").max_train_examples is None
+    assert all(config.budget_for(t).max_steps == 400 for t in config.tasks if t != "sst2")
+    sst2 = config.budget_for("sst2")
+    assert sst2.max_steps is None and sst2.epochs == 1 and sst2.total_steps(66_849) == 2090
+    assert all(config.budget_for(t).max_train_examples is None for t in config.tasks)
+    reproduction = StudySpec.from_file(repo / "bench" / "studies" / "reproduction_lr.toml").runs[0].config
+    assert all(config.budget_for(t) == reproduction.budget_for(t) for t in config.tasks)

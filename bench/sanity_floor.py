@@ -2,8 +2,8 @@
 
 The reproduction issue asks full finetuning of all-MiniLM-L6-v2 to reach what small BERTs reach with all their
 data before anything else runs (:data:`FLOOR`), and to write down what was tried when it does not. This reads
-the studies that tried something (budget, learning rate, SST-2's row cap and length, pooling) and tabulates each run's
-own-task dev and test scores beside the settings that tell the runs apart, from the files alone.
+the studies that tried something (budget, learning rate, SST-2's row cap and length, pooling) and tabulates
+each run's own-task dev and test scores beside the settings that tell the runs apart, from the files alone.
 
     python -m bench.sanity_floor bench/results/budget bench/results/floor_lr bench/results/floor_sst2_data \\
         bench/results/floor_sst2_epoch bench/results/floor_pooling bench/results/floor_pooling_pairs

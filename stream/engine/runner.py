@@ -30,6 +30,7 @@ from stream.core.rundir import (ARTIFACTS_DIR, CONFIG_FILE, LEDGER_FILE, LOCK_FI
                                 has_finished_work, read_run_config, remove_stray_temp_files, write_json_atomic)
 from stream.core.scenario import ArrivalBuilder
 from stream.core.store import ArtifactKey, ArtifactStore
+from stream.engine.allocator import keep_freed_memory
 from stream.engine.config import MethodSpec, RunConfig, config_differences, resolve_tasks
 
 logger = logging.getLogger(__name__)
@@ -315,7 +316,11 @@ def run_stream(config: RunConfig, run_dir: str | Path, *, progress: bool = True,
             if its saved config matches, and refused with the differing fields otherwise.
         progress: show a progress bar with the loss while training.
         backbone: an already loaded backbone (tests pass tiny models); by default ``config.backbone``.
+
+    On Linux the process's allocator is set to keep large freed blocks for reuse first
+    (:func:`stream.engine.allocator.keep_freed_memory`: same results, diff pruning about twice as fast).
     """
+    keep_freed_memory()
     run_dir = Path(run_dir)
     # Everything is checked before anything is written: the directory, every task's data, the backbone and
     # every method's options against it. A run that fails here leaves the directory as it was.

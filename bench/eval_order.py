@@ -5,7 +5,7 @@
 Model selection evaluates the dev split about ten times per training stage, so its cost is a fixed share of
 every run. :func:`methods.core.training.predict` with ``by_length=True`` batches the rows shortest first
 (each batch pads to rows like its own) and returns them in the split's order. For each task this times
-both on the same dev rows (the reproduction's: 500 carved from train, length 128, batch 64) in alternating
+both on the same dev rows (the reproduction's: up to 500 carved from train, length 128, batch 64) in alternating
 rounds with the bundled MiniLM and a fresh task head, and reports the CPU seconds, the speed-up and the
 largest difference between the two predictions (class ids: how many differ; regression values: the
 largest absolute difference).
@@ -64,7 +64,7 @@ def markdown(results: list[dict], info: dict) -> str:
     lines = [
         "# Dev evaluation in order of length", "",
         f"Command: `{info['command']}`", "",
-        f"{info['rows']} dev rows per task carved from train (seed 0), length <= {info['max_length']}, batch "
+        f"Up to {info['rows']} dev rows per task carved from train (seed 0), length <= {info['max_length']}, batch "
         f"{info['batch_size']}, {info['threads']} thread(s), bundled MiniLM with a fresh head, fp32 (as model "
         f"selection evaluates); CPU seconds per pass over the split, median of {info['rounds']} alternating rounds. "
         f"Load average {info['load_before']} before, {info['load_after']} after.", "",

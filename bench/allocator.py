@@ -2,12 +2,12 @@
 
     python -m bench.allocator --methods full,diff_pruning,masking,adapters --lengths 16,128 --steps 20
 
-Each (method, length, allocator) trains in a fresh child process (the allocator is set before the backbone
-is loaded, as :func:`stream.engine.runner.run_stream` sets it): the bundled MiniLM on GLUE RTE training
-pairs (longest first) padded or cut to ``length`` tokens, batch 32, bf16 autocast, one thread, ``--steps`` optimizer steps (diff pruning
-splits them between its two stages). The two allocator settings alternate within each round. Reported: the
-training call's CPU seconds (median over rounds), the child's peak RSS, and whether the two settings wrote
-the same artifact tensors (sha256 over them).
+Each (method, length, allocator) trains in a fresh child process (the allocator is set before the backbone is
+loaded, as :func:`stream.engine.runner.run_stream` sets it): the bundled MiniLM on GLUE RTE training pairs
+(longest first) padded or cut to ``length`` tokens, batch 32, bf16 autocast, one thread, ``--steps`` optimizer
+steps (diff pruning splits them between its two stages). The two allocator settings alternate within each round.
+Reported: the training call's CPU seconds (median over rounds), the child's peak RSS, and whether the two
+settings wrote the same artifact tensors (sha256 over them).
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     load_after = "/".join(f"{x:.1f}" for x in os.getloadavg())
     lines = ["# Training with large freed blocks kept for reuse", "",
              f"Command: `{command_line('bench.allocator', argv)}`", "",
-             f"GLUE RTE training pairs (longest first) padded or cut to the length shown, batch 32, bf16, one thread, {args.steps} optimizer "
+             "GLUE RTE training pairs (longest first) padded or cut to the length shown, batch 32, bf16, one thread, "
+             f"{args.steps} optimizer "
              "steps (diff pruning: half per stage), each in a fresh process; CPU seconds of the training call, "
              f"median of {args.rounds} alternating rounds; peak RSS of the process. Load average {load_before} "
              f"before, {load_after} after.", "",

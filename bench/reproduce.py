@@ -184,6 +184,19 @@ GOALS = (
 )
 
 
+def paired_gap(final: pd.DataFrame, method: str, reference: str) -> dict:
+    """``method``'s GLUE average minus ``reference``'s, paired by seed: pairs, mean, and the 95% interval's
+    low and high (None where there is no interval: one pair)."""
+    pair = final[final["method"].isin([method, reference])]
+    row = paired_differences(pair, reference).set_index("method").loc[method]
+    return {"pairs": int(row["pairs"]), "mean": float(row["mean"]),
+            **{k: None if pd.isna(row[k]) else float(row[k]) for k in ("low", "high")}}
+
+
+def _gap_text(gap: dict) -> str:
+    return format_difference(gap["mean"], *(math.nan if gap[k] is None else gap[k] for k in ("low", "high")))
+
+
 def goal_records(final: pd.DataFrame) -> list[dict]:
     """Each goal of :data:`GOALS` whose two methods are in ``final``: the paired difference of the GLUE
     average, its interval, and whether the goal is met (None when it cannot be judged: no interval)."""
@@ -191,16 +204,12 @@ def goal_records(final: pd.DataFrame) -> list[dict]:
     for method, reference, bound, text in GOALS:
         if not {method, reference} <= set(final["method"]):
             continue
-        pair = final[final["method"].isin([method, reference])]
-        row = paired_differences(pair, reference).set_index("method").loc[method]
-        mean, low, high = (float(row[k]) for k in ("mean", "low", "high"))
+        gap = paired_gap(final, method, reference)
         if bound is not None:
-            met = bool(mean >= bound)
+            met = gap["mean"] >= bound
         else:
-            met = None if pd.isna(high) else bool(high < 0)
-        records.append({"goal": text, "method": method, "reference": reference, "pairs": int(row["pairs"]),
-                        "mean": mean, "low": None if pd.isna(low) else low, "high": None if pd.isna(high) else high,
-                        "met": met})
+            met = None if gap["high"] is None else gap["high"] < 0
+        records.append({"goal": text, "method": method, "reference": reference, **gap, "met": met})
     return records
 
 
@@ -208,9 +217,9 @@ def goal_lines(records: list[dict]) -> list[str]:
     """The goals as a table under a heading; no lines without any goal to judge."""
     if not records:
         return []
-    rows = pd.DataFrame([{"goal": r["goal"], "difference [95% CI]": format_difference(
-        r["mean"], math.nan if r["low"] is None else r["low"], math.nan if r["high"] is None else r["high"]),
-        "met": {True: "yes", False: "no", None: "not judged (one seed)"}[r["met"]]} for r in records])
+    rows = pd.DataFrame([{"goal": r["goal"], "difference [95% CI]": _gap_text(r),
+                          "met": {True: "yes", False: "no", None: "not judged (one seed)"}[r["met"]]}
+                         for r in records])
     return ["## Goals", "", "GLUE average, method minus reference, paired by seed (95% t-interval over the seeds).",
             "", _markdown_table(rows), ""]
 
@@ -221,11 +230,9 @@ def ordering_records(final: pd.DataFrame) -> list[dict]:
     ranked = sorted((m for m in PAPER if m in set(final["method"])), key=lambda m: -PAPER[m][0])
     records = []
     for higher, lower in zip(ranked, ranked[1:]):
-        row = paired_differences(final[final["method"].isin([higher, lower])], lower).set_index("method").loc[higher]
-        mean, low, high = (float(row[k]) for k in ("mean", "low", "high"))
+        gap = paired_gap(final, higher, lower)
         records.append({"higher": higher, "lower": lower, "paper": round(PAPER[higher][0] - PAPER[lower][0], 1),
-                        "mean": mean, "low": None if pd.isna(low) else low, "high": None if pd.isna(high) else high,
-                        "same_order": bool(mean >= 0)})
+                        **gap, "same_order": gap["mean"] >= 0})
     return records
 
 
@@ -234,9 +241,8 @@ def ordering_lines(records: list[dict]) -> list[str]:
     if not records:
         return []
     rows = pd.DataFrame([{"paper's order": f"{r['higher']} ≥ {r['lower']}", "paper gap": f"{r['paper']:+.1f}",
-                          "gap here [95% CI]": format_difference(r["mean"], math.nan if r["low"] is None else r["low"],
-                                                                 math.nan if r["high"] is None else r["high"]),
-                          "same order": "yes" if r["same_order"] else "no"} for r in records])
+                          "gap here [95% CI]": _gap_text(r), "same order": "yes" if r["same_order"] else "no"}
+                         for r in records])
     return ["## The paper's ordering", "",
             "Neighbours in the paper's ranking (Table 1's average), higher minus lower: the paper's gap, and this "
             "study's GLUE-average gap paired by seed.", "", _markdown_table(rows), ""]

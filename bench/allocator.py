@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import multiprocessing as mp
-import os
 import resource
 import statistics
 import time
 from pathlib import Path
 
-from bench.common import command_line, default_glue_dir, write_results
+from bench.common import command_line, default_glue_dir, load_average, write_results
 
 SETTINGS = ("default", "keep")
 
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", default=None, help="write <out>.md and <out>.json")
     args = parser.parse_args(argv)
-    load_before = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    load_before = load_average()
     results = []
     for method_name in args.methods.split(","):
         for length in map(int, args.lengths.split(",")):
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row["same_bits"] = len({r["sha256"] for rs in runs.values() for r in rs}) == 1
             results.append(row)
             print(row, flush=True)
-    load_after = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    load_after = load_average()
     lines = ["# Training with large freed blocks kept for reuse", "",
              f"Command: `{command_line('bench.allocator', argv)}`", "",
              "GLUE RTE training pairs (longest first) padded or cut to the length shown, batch 32, bf16, one thread, "

@@ -52,3 +52,11 @@ def command_line(module: str, argv: Sequence[str] | None = None) -> str:
     """How to repeat this bench, as a result file records it: ``python -m bench.NAME ARGS`` (relative to the
     checkout, so no path of the machine that ran it leaks in); ``argv`` defaults to this process's arguments."""
     return " ".join(["python", "-m", module, shlex.join(sys.argv[1:] if argv is None else argv)]).rstrip()
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages as ``"2.5/2.7/2.7"`` (``"n/a"`` where the system has none)."""
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"

@@ -14,12 +14,11 @@ largest absolute difference).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from pathlib import Path
 
-from bench.common import command_line, default_glue_dir, write_results
+from bench.common import command_line, default_glue_dir, load_average, write_results
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -92,11 +91,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     backbone = load_backbone("bundled:all-MiniLM-L6-v2", device="cpu")
-    load_before = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    load_before = load_average()
     results = [measure(task, backbone, args) for task in args.tasks.split(",")]
     info = {"command": command_line("bench.eval_order", argv), "rows": args.dev_rows, "max_length": args.max_length,
             "batch_size": args.batch_size, "threads": args.threads, "rounds": args.rounds, "load_before": load_before,
-            "load_after": "/".join(f"{x:.1f}" for x in os.getloadavg())}
+            "load_after": load_average()}
     text = markdown(results, info)
     print(text)
     write_results(None if args.out is None else Path(args.out), text,

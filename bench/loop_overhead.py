@@ -33,7 +33,7 @@ import time
 import warnings
 from pathlib import Path
 
-from bench.common import command_line, default_glue_dir, write_results  # first: offline Hugging Face defaults
+from bench.common import command_line, default_glue_dir, load_average, write_results  # first: offline HF defaults
 
 import torch  # noqa: E402
 
@@ -217,7 +217,7 @@ def markdown(summary: dict, results: list[dict], info: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from bench.step_cost import load_average, machine_info
+    from bench.step_cost import machine_info
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="sst2")

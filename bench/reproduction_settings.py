@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO
+from bench.common import REPO  # first: offline Hugging Face defaults
 
-from stream.core.ledger import read_ledger
-from stream.engine.study import StudySpec
+from analysis.tables import arrival_rows, load_ledger, read_study  # noqa: E402
+from stream.engine.study import StudySpec  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "studies" / "reproduction.toml"
 ALL_SEEDS = (0, 1, 2)
@@ -72,15 +72,10 @@ class SelectionIncomplete(RuntimeError):
 
 def chosen_options(study_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
     """``{method label: {task: chosen options}}`` from the selection study's ledgers (own-arrival rows)."""
-    study = json.loads((study_dir / "study.json").read_text(encoding="utf-8"))
     chosen: dict[str, dict[str, dict[str, Any]]] = {}
-    for run in study["runs"]:
-        run_dir = study_dir / run["run_dir"]
-        if not (run_dir / "ledger.jsonl").exists():
-            continue
-        for row in read_ledger(run_dir):
-            if row["eval_task"] == row["task"] and row.get("chosen_options"):
-                chosen.setdefault(row["method"], {})[row["task"]] = row["chosen_options"]
+    for row in arrival_rows(load_ledger(study_dir)).to_dict("records"):
+        if isinstance(row.get("chosen_options"), dict):
+            chosen.setdefault(row["method"], {})[row["task"]] = row["chosen_options"]
     return chosen
 
 
@@ -156,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("study_dir", type=Path, help="the selection study's directory (runs/reproduction_lr)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the spec to write")
     args = parser.parse_args(argv)
-    study = json.loads((args.study_dir / "study.json").read_text(encoding="utf-8"))
+    study = read_study(args.study_dir)
     try:
         methods = planned_methods(study, chosen_options(args.study_dir))
     except SelectionIncomplete as error:

@@ -43,7 +43,7 @@ import json  # noqa: E402
 from collections import defaultdict  # noqa: E402
 
 # Before anything imports a Hugging Face library: offline defaults.
-from bench.common import command_line, write_results  # noqa: E402
+from bench.common import command_line, load_average, write_results  # noqa: E402
 
 TIMES: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])  # name -> [wall, cpu, calls]
 
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     instrument()
     import torch
 
-    from bench.step_cost import load_average, machine_info
+    from bench.step_cost import machine_info
     from stream.engine.cli import main as cli_main
     from stream.engine.runner import package_versions
 

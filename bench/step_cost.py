@@ -60,7 +60,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import command_line, default_glue_dir, write_results  # first: offline Hugging Face defaults
+from bench.common import command_line, default_glue_dir, load_average, write_results  # first: offline HF defaults
 
 import torch  # noqa: E402
 
@@ -413,13 +413,6 @@ def machine_info() -> dict:
     except OSError:
         pass  # no /proc (not Linux): keep platform.processor()'s answer
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
-
-
-def load_average() -> str:
-    try:
-        return "/".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

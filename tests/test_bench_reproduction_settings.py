@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from analysis.tables import read_study
 from bench import reproduction_settings as settings
 from stream.engine.study import StudySpec
 from stream.engine.sweep import run_study
@@ -46,7 +47,7 @@ def selection_dir(tmp_path_factory, tiny_model_dir, glue_dir) -> Path:
 
 
 def test_the_written_spec_fixes_each_tasks_chosen_options_and_keeps_the_selection_budget(selection_dir, tmp_path):
-    study = json.loads((selection_dir / "study.json").read_text())
+    study = read_study(selection_dir)
     chosen = settings.chosen_options(selection_dir)
     sidecars = {}
     for sidecar in (selection_dir / "runs").rglob("artifacts/**/*.json"):
@@ -70,7 +71,7 @@ def test_the_written_spec_fixes_each_tasks_chosen_options_and_keeps_the_selectio
 
 
 def test_an_unfinished_selection_is_refused_with_what_is_missing(selection_dir):
-    study = json.loads((selection_dir / "study.json").read_text())
+    study = read_study(selection_dir)
     chosen = settings.chosen_options(selection_dir)
     del chosen["linear_probe"]["rte"]
     plan = PLAN + (settings.Planned({"name": "full"}, (0,), "full"),)
@@ -99,7 +100,7 @@ def test_the_committed_plan_names_only_methods_the_selection_study_tunes():
 def test_table1_lists_each_methods_settings_per_task(selection_dir):
     from bench.reproduce import settings_lines
 
-    study = json.loads((selection_dir / "study.json").read_text())
+    study = read_study(selection_dir)
     chosen = settings.chosen_options(selection_dir)
     spec = StudySpec.from_mapping(tomllib.loads(settings.spec_text(study, settings.planned_methods(study, chosen, PLAN),
                                                                    "runs/selection")))
@@ -108,4 +109,4 @@ def test_table1_lists_each_methods_settings_per_task(selection_dir):
     assert header == "| method | sst2 | rte |"
     lr = {task: f"learning_rate {chosen['linear_probe'][task]['learning_rate']:g}" for task in ("sst2", "rte")}
     assert rows == [f"| linear_probe | {lr['sst2']} | {lr['rte']} |", f"| probe-again | {lr['sst2']} | {lr['rte']} |"]
-    assert settings_lines(json.loads((selection_dir / "study.json").read_text())) == []  # searched, none fixed
+    assert settings_lines(read_study(selection_dir)) == []  # searched, none fixed

@@ -13,7 +13,6 @@ fifth (``bench/allocator.py``). ``TASKSTREAM_MALLOC=default`` in the environment
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 
@@ -35,12 +34,9 @@ def keep_freed_memory() -> bool:
     """
     if os.environ.get(OPT_OUT, "").lower() == "default":
         return False
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
+    try:  # the symbols already loaded into this process, the C library's among them
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     kept = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM) == 1
